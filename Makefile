@@ -1,0 +1,44 @@
+# The two set-up commands of the README, and the pieces they are made of.
+#   make demo   set up, start the service with its embedded defaults and run a demo job
+#   make test   set up, then lint, type-check and run the whole test suite
+# VENV may point outside the clone (CI keeps one between runs); TORCH_PINS picks the torch build.
+
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install lint typecheck unit e2e test bench demo clean
+
+$(VENV)/.torch-installed:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	touch $@
+
+install: $(VENV)/.torch-installed
+	$(PY) -m pip install --quiet -e '.[dev]'
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+unit: install
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+e2e: install
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+test: lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m bench.throughput
+	$(PY) -m bench.lenet_fashion_mnist
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -1,0 +1,354 @@
+"""The job specification: what to prune, on which data, how to train and how to prune.
+
+Every default is the setting of Frankle & Carbin (ICLR 2019) for LeNet-300-100 on MNIST, so that the
+minimal spec ``{"model": {"arch": "lenet_300_100"}, "dataset": {"uri": ...}}`` runs the paper's
+experiment. The spec is the one contract shared by the HTTP edge, the worker and the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from api_schemas.steps import Step, StepCount, comparable
+
+#: Built-in architectures (the engine's registry holds exactly these names); any torchvision
+#: classification model is also accepted as ``torchvision:<name>``.
+ARCHITECTURES: dict[str, str] = {
+    "lenet_300_100": "LeNet-300-100, fully connected 300-100 (Frankle & Carbin 2019, Figure 2)",
+    "mlp": "multi-layer perceptron with the hidden sizes given in `hidden_sizes`",
+    "conv2": "Conv-2: 64-64 conv, max pool, fc 256-256 (Frankle & Carbin 2019, CIFAR-10)",
+    "conv4": "Conv-4: 64-64, 128-128 conv pairs with max pool, fc 256-256",
+    "conv6": "Conv-6: 64-64, 128-128, 256-256 conv pairs with max pool, fc 256-256",
+    "vgg11": "VGG-11 for CIFAR with batch norm and one linear output layer",
+    "vgg13": "VGG-13 for CIFAR with batch norm and one linear output layer",
+    "vgg16": "VGG-16 for CIFAR with batch norm and one linear output layer",
+    "vgg19": "VGG-19 for CIFAR with batch norm and one linear output layer",
+    "resnet20": "ResNet-20 for CIFAR (He et al. 2016); `width` sets the first stage's channels",
+    "resnet56": "ResNet-56 for CIFAR (He et al. 2016); `width` sets the first stage's channels",
+}
+TORCHVISION_PREFIX = "torchvision:"
+
+#: Dataset URI schemes the engine reads. ``dataset://<id>`` names an uploaded dataset.
+DATASET_SCHEMES = (
+    "torchvision",
+    "idx",
+    "npz",
+    "safetensors",
+    "imagefolder",
+    "synthetic",
+    "dataset",
+)
+TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100", "SVHN")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PruneRate = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+def field_error(model: str, loc: tuple[str, ...], message: str, value: object) -> ValidationError:
+    """A validation error pinned to ``loc`` (relative to the model raising it), so that a
+    cross-field rule still names the exact field path in the API's 422 response."""
+    return ValidationError.from_exception_data(
+        model,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", message),  # type: ignore[arg-type]
+                loc=loc,
+                input=value,
+            )
+        ],
+    )
+
+
+class _Strict(BaseModel):
+    """Unknown fields are errors: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    arch: str = Field(
+        description="A built-in architecture (see GET /v1/models) or `torchvision:<name>`.",
+        examples=["lenet_300_100", "resnet20", "torchvision:resnet18"],
+    )
+    width: int | None = Field(
+        default=None,
+        gt=0,
+        description="ResNet: channels of the first stage (default 16, the CIFAR ResNet's). "
+        "Other architectures reject it.",
+    )
+    hidden_sizes: list[Annotated[int, Field(gt=0)]] | None = Field(
+        default=None,
+        description="mlp only (required there): the widths of the hidden layers, e.g. [300, 100].",
+    )
+    weights: str | None = Field(
+        default=None,
+        description="Optional starting weights: a safetensors file (a path under a data root, or "
+        "`file:///...`) whose keys and shapes match the model's state dict. Default: the "
+        "architecture's standard random initialisation, seeded by `seed`.",
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch in ARCHITECTURES:
+            return arch
+        if arch.startswith(TORCHVISION_PREFIX) and len(arch) > len(TORCHVISION_PREFIX):
+            return arch
+        raise ValueError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)} "
+            f"or '{TORCHVISION_PREFIX}<name>' for a torchvision classification model"
+        )
+
+    @model_validator(mode="after")
+    def _options_fit_arch(self) -> ModelSpec:
+        if self.arch == "mlp" and not self.hidden_sizes:
+            raise field_error(
+                "ModelSpec",
+                ("hidden_sizes",),
+                "arch 'mlp' needs hidden_sizes, e.g. [300, 100]",
+                self.hidden_sizes,
+            )
+        if self.arch != "mlp" and self.hidden_sizes is not None:
+            raise field_error(
+                "ModelSpec",
+                ("hidden_sizes",),
+                f"hidden_sizes applies to arch 'mlp' only, not {self.arch!r}",
+                self.hidden_sizes,
+            )
+        if self.width is not None and self.arch not in ("resnet20", "resnet56"):
+            raise field_error(
+                "ModelSpec",
+                ("width",),
+                f"width applies to resnet20/resnet56 only, not {self.arch!r}",
+                self.width,
+            )
+        return self
+
+
+class DatasetSpec(_Strict):
+    uri: str = Field(
+        description="Where the data is: `torchvision://FashionMNIST`, `idx:///dir`, "
+        "`npz:///file.npz`, `safetensors:///file`, `imagefolder:///dir`, `dataset://<id>` "
+        "(an upload) or `synthetic://?classes=10&shape=1,28,28&train=2000&test=500`.",
+        examples=["idx:///usr/share/datasets/fashion-mnist", "torchvision://CIFAR10"],
+    )
+    validation_size: int = Field(
+        default=5000,
+        ge=0,
+        description="Training examples held out (chosen by `seed`) to find the early-stopping "
+        "iteration and to pick the winning ticket; the paper held out 5,000. 0 disables it.",
+    )
+    augment: bool = Field(
+        default=False,
+        description="CIFAR-style augmentation on the training batches: 4-pixel padded random "
+        "crop and horizontal flip, run batch-wise on the training device.",
+    )
+    normalize: bool = Field(
+        default=True,
+        description="Standardise each channel with the training split's mean and std.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, uri: str) -> str:
+        scheme = urlsplit(uri).scheme
+        if scheme not in DATASET_SCHEMES:
+            raise ValueError(
+                f"unknown dataset scheme {scheme + '://' if scheme else uri!r}; "
+                f"use one of {', '.join(s + '://' for s in DATASET_SCHEMES)}"
+            )
+        if scheme == "torchvision":
+            name = urlsplit(uri).netloc or urlsplit(uri).path.strip("/")
+            if name not in TORCHVISION_DATASETS:
+                raise ValueError(
+                    f"unknown torchvision dataset {name!r}; use one of "
+                    f"{', '.join(TORCHVISION_DATASETS)}"
+                )
+        return uri
+
+
+class TrainingSpec(_Strict):
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(default="adam")
+    lr: float = Field(default=1.2e-3, gt=0, description="Peak learning rate.")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
+    nesterov: bool = Field(default=False, description="Nesterov momentum (sgd only).")
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=60, gt=0)
+    steps: Step = Field(default="50000it", description="Training length of every round.")
+    schedule: Literal["constant", "multistep", "cosine"] = Field(default="constant")
+    milestones: list[Step] = Field(
+        default_factory=list,
+        description="multistep: the steps at which the learning rate is multiplied by `gamma`.",
+    )
+    gamma: float = Field(default=0.1, gt=0, description="multistep: the decay factor.")
+    warmup: Step = Field(default="0it", description="Linear warm-up from 0 to `lr`.")
+    eval_every: Step = Field(
+        default="1000it",
+        description="Evaluate on the validation and test splits this often (and at the end).",
+    )
+    checkpoint_every: Step = Field(
+        default="1000it", description="Save a resumable checkpoint this often (and at the end)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when present, else CPU."
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: autocast the forward pass on CUDA (ignored on CPU)."
+    )
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> TrainingSpec:
+        for name in ("steps", "eval_every", "checkpoint_every"):
+            if StepCount.parse(getattr(self, name)).amount == 0:
+                raise field_error(
+                    "TrainingSpec",
+                    (name,),
+                    f"{name} must be at least one iteration",
+                    getattr(self, name),
+                )
+        for name in ("warmup", "eval_every"):
+            value = getattr(self, name)
+            if comparable(value, self.steps) and (
+                StepCount.parse(value).amount > StepCount.parse(self.steps).amount
+            ):
+                raise field_error(
+                    "TrainingSpec",
+                    (name,),
+                    f"{name} ({value}) is longer than steps ({self.steps})",
+                    value,
+                )
+        if self.schedule == "multistep" and not self.milestones:
+            raise field_error(
+                "TrainingSpec",
+                ("milestones",),
+                "schedule 'multistep' needs milestones, e.g. ['32000it', '48000it']",
+                self.milestones,
+            )
+        if self.schedule != "multistep" and self.milestones:
+            raise field_error(
+                "TrainingSpec",
+                ("milestones",),
+                "milestones apply to schedule 'multistep' only",
+                self.milestones,
+            )
+        return self
+
+
+class LayerRates(_Strict):
+    linear: PruneRate = Field(default=0.2, description="Fraction of surviving fc weights pruned.")
+    conv: PruneRate = Field(default=0.1, description="Fraction of surviving conv weights pruned.")
+    output: PruneRate | None = Field(
+        default=None,
+        description="Rate for the output layer; default half the rate of its layer type.",
+    )
+
+
+Control = Literal["random_reinit", "random_prune"]
+
+
+class PruningSpec(_Strict):
+    strategy: Literal["layerwise", "global"] = Field(
+        default="layerwise",
+        description="layerwise: each layer loses `rates` of its survivors; global: one magnitude "
+        "threshold across all prunable weights removes `rate` of all survivors.",
+    )
+    rates: LayerRates = Field(default_factory=LayerRates, description="layerwise rates.")
+    rate: PruneRate = Field(default=0.2, description="global: fraction of survivors per round.")
+    rounds: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="Pruning rounds after the dense training (round 0), as open_lth's levels.",
+    )
+    one_shot: bool = Field(
+        default=False,
+        description="Prune straight to `target_density` in a single round instead of iterating.",
+    )
+    target_density: Fraction | None = Field(
+        default=None,
+        description="Stop once the prunable weights' density is at or below this fraction.",
+    )
+    max_accuracy_drop: Fraction | None = Field(
+        default=None,
+        description="Stop after a round whose accuracy is more than this (a fraction, 0.02 = 2 "
+        "points) below the dense net's.",
+    )
+    rewind_to: Step = Field(
+        default="0it",
+        description="'0it' resets survivors to the initialisation (the original lottery ticket); "
+        "a later step such as '500it' is late rewinding (Frankle et al. 2020).",
+    )
+    retrain: Literal["weight_rewind", "lr_rewind", "finetune"] = Field(
+        default="weight_rewind",
+        description="weight_rewind: reset survivors to the rewind point (lottery ticket); "
+        "lr_rewind: keep trained weights, replay the lr schedule from the rewind step (Renda et "
+        "al. 2020); finetune: keep trained weights, train at a small constant lr.",
+    )
+    finetune_lr: float | None = Field(
+        default=None, gt=0, description="finetune: the constant lr; default the schedule's last lr."
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Layer names (e.g. 'fc' or 'fc.weight') never pruned.",
+    )
+    controls: list[Control] = Field(
+        default_factory=list,
+        description="Baselines trained like the ticket at every round: random_reinit (same mask, "
+        "fresh random init) and random_prune (random mask of the same per-layer density).",
+    )
+    ticket_tolerance: Fraction = Field(
+        default=0.005,
+        description="The winning ticket is the sparsest round whose accuracy (validation when "
+        "held out, else test) is at most this far below the dense net's.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruningSpec:
+        if self.one_shot and self.target_density is None:
+            raise field_error(
+                "PruningSpec", ("target_density",), "one_shot pruning needs target_density", None
+            )
+        if len(set(self.controls)) != len(self.controls):
+            raise field_error(
+                "PruningSpec", ("controls",), "controls lists a control twice", self.controls
+            )
+        return self
+
+
+class JobSpec(_Strict):
+    model: ModelSpec
+    dataset: DatasetSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    pruning: PruningSpec = Field(default_factory=PruningSpec)
+    seed: int = Field(default=0, ge=0, lt=2**31, description="Seeds init, data order and splits.")
+    name: str | None = Field(default=None, max_length=200, description="A human-readable name.")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="Free-form labels to filter jobs by."
+    )
+
+    @model_validator(mode="after")
+    def _rewind_within_training(self) -> JobSpec:
+        rewind, steps = (
+            StepCount.parse(self.pruning.rewind_to),
+            StepCount.parse(self.training.steps),
+        )
+        if rewind.amount > 0 and rewind.unit == steps.unit and rewind.amount >= steps.amount:
+            raise field_error(
+                "JobSpec",
+                ("pruning", "rewind_to"),
+                f"rewind_to ({rewind}) must come before the end of training "
+                f"(training.steps = {steps})",
+                self.pruning.rewind_to,
+            )
+        return self
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON of the spec, defaults included: equal hashes, equal jobs."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""Client side: the ``lth`` command line and (later) the Python SDK."""

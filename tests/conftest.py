@@ -1,0 +1,105 @@
+"""Shared fixtures: real Redis, real PostgreSQL, a temporary artifact directory, real data.
+
+On a developer's laptop a missing server skips the tests that need it, with the reason. In CI
+(``LTH_REQUIRE_SERVICES=1``, set by ``.ci/run``) a missing server fails them instead, so a green CI
+run always means the real servers were exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+REQUIRE_SERVICES = os.environ.get("LTH_REQUIRE_SERVICES", "") not in ("", "0", "false")
+REDIS_URL = os.environ.get("LTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get(
+    "LTH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+FASHION_MNIST_DIR = Path(
+    os.environ.get("LTH_TEST_FASHION_MNIST", "/usr/share/datasets/fashion-mnist")
+)
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when ``condition`` fails, or fail outright when CI demands the real services."""
+    if condition:
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason} (LTH_REQUIRE_SERVICES is set, so this is an error)")
+    pytest.skip(reason)
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests without a marker are unit tests, so ``-m unit`` and ``-m e2e`` split the suite."""
+    for item in items:
+        if item.get_closest_marker("e2e") is None:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database for tests (db 15 by default); flushed by the tests that use it."""
+    require(_reachable(REDIS_URL, 6379), f"Redis is not reachable at {REDIS_URL}")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    require(_reachable(POSTGRES_URL, 5432), f"PostgreSQL is not reachable at {POSTGRES_URL}")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema for one test, dropped afterwards."""
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(postgres_server_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in postgres_server_url else "?"
+    try:
+        yield f"{postgres_server_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@pytest.fixture
+def artifact_dir(tmp_path: Path) -> Path:
+    """An empty directory on real disk for a job's artifacts."""
+    path = tmp_path / "artifacts"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """The real Fashion-MNIST IDX files (Debian's ``dataset-fashion-mnist`` package)."""
+    present = all(
+        (FASHION_MNIST_DIR / f"{name}.gz").exists()
+        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
+    )
+    require(
+        present,
+        f"real Fashion-MNIST is not in {FASHION_MNIST_DIR} "
+        "(apt-get install dataset-fashion-mnist)",
+    )
+    return FASHION_MNIST_DIR

@@ -1,0 +1,84 @@
+"""Optimizers and learning-rate schedules.
+
+The learning rate is a pure function of the step (``Schedule.lr_at``) that the training loop writes
+into the optimizer before every step: nothing about the schedule needs saving in a checkpoint, and
+replaying a schedule from the rewind step (learning-rate rewinding) is just starting at that step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from api_schemas.spec import TrainingSpec
+from api_schemas.steps import to_iterations
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Linear warm-up to ``lr``, then constant, step-wise decay or cosine decay to zero."""
+
+    lr: float
+    kind: str
+    total: int
+    warmup: int = 0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+
+    @classmethod
+    def from_spec(cls, training: TrainingSpec, iterations_per_epoch: int) -> Schedule:
+        def its(step: str) -> int:
+            return to_iterations(step, iterations_per_epoch)
+
+        return cls(
+            lr=training.lr,
+            kind=training.schedule,
+            total=its(training.steps),
+            warmup=its(training.warmup),
+            milestones=tuple(sorted(its(m) for m in training.milestones)),
+            gamma=training.gamma,
+        )
+
+    def lr_at(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        if self.kind == "multistep":
+            return self.lr * self.gamma ** sum(step >= m for m in self.milestones)
+        if self.kind == "cosine":
+            span = max(self.total - self.warmup, 1)
+            progress = min(max(step - self.warmup, 0) / span, 1.0)
+            return self.lr * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.lr
+
+    def final_lr(self) -> float:
+        """The rate at the last step: fine-tuning's default constant rate (Renda et al. 2020)."""
+        return self.lr_at(max(self.total - 1, 0))
+
+
+def constant(lr: float, total: int) -> Schedule:
+    return Schedule(lr=lr, kind="constant", total=total)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], training: TrainingSpec) -> torch.optim.Optimizer:
+    """The spec's optimizer; its learning rate is overwritten every step from the schedule."""
+    params = list(params)
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=training.lr,
+            momentum=training.momentum,
+            nesterov=training.nesterov and training.momentum > 0,
+            weight_decay=training.weight_decay,
+        )
+    if training.optimizer == "adam":
+        return torch.optim.Adam(params, lr=training.lr, weight_decay=training.weight_decay)
+    return torch.optim.AdamW(params, lr=training.lr, weight_decay=training.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

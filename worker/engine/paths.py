@@ -1,0 +1,75 @@
+"""Where a run keeps each artifact: one-line helpers, so every module agrees on the layout.
+
+    manifest.json  rounds.json  spec.json
+    ticket.safetensors  mask.safetensors  trained.safetensors  dense.safetensors
+    state/init.safetensors  state/rewind.safetensors
+    rounds/<k>/mask.safetensors  rounds/<k>/trained.safetensors  rounds/<k>/metrics.json
+    rounds/<k>/<control>/trained.safetensors  rounds/<k>/<control>/metrics.json
+    rounds/<k>/random_prune/mask.safetensors
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+TICKET = "ticket"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def round_dir(self, k: int) -> Path:
+        return self.root / "rounds" / str(k)
+
+    def variant_dir(self, k: int, variant: str) -> Path:
+        return self.round_dir(k) if variant == TICKET else self.round_dir(k) / variant
+
+    def mask(self, k: int, variant: str = TICKET) -> Path:
+        return self.variant_dir(k, variant) / "mask.safetensors"
+
+    def trained(self, k: int, variant: str = TICKET) -> Path:
+        return self.variant_dir(k, variant) / "trained.safetensors"
+
+    def metrics(self, k: int, variant: str = TICKET) -> Path:
+        return self.variant_dir(k, variant) / "metrics.json"
+
+    def checkpoint(self, k: int, variant: str = TICKET) -> Path:
+        return self.variant_dir(k, variant) / "checkpoint.safetensors"
+
+    @property
+    def init(self) -> Path:
+        return self.root / "state" / "init.safetensors"
+
+    @property
+    def rewind(self) -> Path:
+        return self.root / "state" / "rewind.safetensors"
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def rounds(self) -> Path:
+        return self.root / "rounds.json"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def ticket(self) -> Path:
+        return self.root / "ticket.safetensors"
+
+    @property
+    def final_mask(self) -> Path:
+        return self.root / "mask.safetensors"
+
+    @property
+    def final_trained(self) -> Path:
+        return self.root / "trained.safetensors"
+
+    @property
+    def dense(self) -> Path:
+        return self.root / "dense.safetensors"
