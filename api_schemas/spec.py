@@ -57,7 +57,7 @@ def field_error(model: str, loc: tuple[str, ...], message: str, value: object) -
         model,
         [
             InitErrorDetails(
-                type=PydanticCustomError("value_error", message),  # type: ignore[arg-type]
+                type=PydanticCustomError("value_error", message),
                 loc=loc,
                 input=value,
             )

@@ -23,7 +23,12 @@ MINIMAL = {
         "steps": "300it",
         "eval_every": "100it",
     },
-    "pruning": {"strategy": "layerwise", "rounds": 2, "rewind_to": "0it", "controls": ["random_reinit"]},
+    "pruning": {
+        "strategy": "layerwise",
+        "rounds": 2,
+        "rewind_to": "0it",
+        "controls": ["random_reinit"],
+    },
     "seed": 0,
 }
 

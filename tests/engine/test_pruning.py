@@ -158,7 +158,7 @@ def test_pruned_weights_stay_exactly_zero_through_training(make_optimizer: objec
         x = torch.randn(32, 1, 28, 28, generator=generator)
         y = torch.randint(0, 10, (32,), generator=generator)
         optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
+        nn.functional.cross_entropy(model(x), y).backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         enforce()
     params = dict(model.named_parameters())

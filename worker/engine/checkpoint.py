@@ -34,7 +34,11 @@ class LoopState:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, loop: LoopState, loss_sum: Tensor
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loop: LoopState,
+    loss_sum: Tensor,
 ) -> None:
     tensors: dict[str, Tensor] = {_MODEL + k: v for k, v in model.state_dict().items()}
     optim_state = optimizer.state_dict()
@@ -46,7 +50,7 @@ def save_checkpoint(
             else:
                 scalars.setdefault(str(index), {})[name] = value
     tensors[_RNG_CPU] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_available():
         for device_index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"{_RNG_CUDA}{device_index}"] = state
     tensors["loop.loss_sum"] = loss_sum.detach().reshape(1)

@@ -46,7 +46,8 @@ def load_spec_file(path: Path) -> JobSpec:
     try:
         raw: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise click.UsageError(f"{path} is not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}")
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise click.UsageError(f"{path} is not valid {kind}: {exc}") from None
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
@@ -129,8 +130,10 @@ def run(spec_file: Path, out_dir: Path, resume: bool) -> None:
                 poll_seconds=0.5,
             ).run()
     except Stopped:
-        console.print(f"[yellow]Interrupted; progress is saved. Resume with:[/] "
-                      f"lth run {spec_file} --out {out_dir} --resume")
+        console.print(
+            f"[yellow]Interrupted; progress is saved. Resume with:[/] "
+            f"lth run {spec_file} --out {out_dir} --resume"
+        )
         sys.exit(130)
     except EngineError as exc:
         console.print(f"[red]error ({exc.code}):[/] {exc}")

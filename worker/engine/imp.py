@@ -93,7 +93,8 @@ class IMPRun:
         )
         self.lengths = self._lengths()
         self.schedule = Schedule.from_spec(
-            spec.training, self.dataset.train_batches(spec.training.batch_size, 0).iterations_per_epoch
+            spec.training,
+            self.dataset.train_batches(spec.training.batch_size, 0).iterations_per_epoch,
         )
         self.model = self._new_model(derive_seed(spec.seed, "init"))
         if spec.model.weights is not None:
@@ -182,7 +183,8 @@ class IMPRun:
             return f"reached target density {pruning.target_density}"
         drop = results[0].ticket.accuracy - last.ticket.accuracy
         if pruning.max_accuracy_drop is not None and drop > pruning.max_accuracy_drop:
-            return f"accuracy fell {drop:.4f} below the dense net's (limit {pruning.max_accuracy_drop})"
+            limit = pruning.max_accuracy_drop
+            return f"accuracy fell {drop:.4f} below the dense net's (limit {limit})"
         return None
 
     def _mask(self, k: int) -> dict[str, Tensor]:
@@ -229,7 +231,9 @@ class IMPRun:
         schedule = self.schedule
         if k > 0 and pruning.retrain == "finetune":
             schedule = constant(pruning.finetune_lr or self.schedule.final_lr(), self.lengths.total)
-        snapshots = {self.lengths.rewind: self.paths.rewind} if k == 0 and self.lengths.rewind else {}
+        snapshots = (
+            {self.lengths.rewind: self.paths.rewind} if k == 0 and self.lengths.rewind else {}
+        )
         plan = TrainPlan(
             start=start,
             end=self.lengths.total,
@@ -268,7 +272,9 @@ class IMPRun:
             # Same mask, fresh random initialisation: tests whether the init matters.
             def start() -> dict[str, Tensor]:
                 fresh = self._new_model(derive_seed(self.spec.seed, "reinit", k)).state_dict()
-                return masking.apply_mask(fresh, {key: m.to(self.device) for key, m in mask.items()})
+                return masking.apply_mask(
+                    fresh, {key: m.to(self.device) for key, m in mask.items()}
+                )
 
             return self._train_variant(k, control, mask, start)
         # random_prune: a random mask of the same per-layer density over the rewind weights.
@@ -276,13 +282,17 @@ class IMPRun:
         if path.exists():
             random_mask = load_tensors(path)
         else:
-            generator = torch.Generator().manual_seed(derive_seed(self.spec.seed, "random_prune", k))
+            generator = torch.Generator().manual_seed(
+                derive_seed(self.spec.seed, "random_prune", k)
+            )
             random_mask = random_mask_like(mask, generator)
             save_tensors(path, random_mask)
 
         def start_random() -> dict[str, Tensor]:
             base = self._state(self._rewind_path())
-            return masking.apply_mask(base, {key: m.to(self.device) for key, m in random_mask.items()})
+            return masking.apply_mask(
+                base, {key: m.to(self.device) for key, m in random_mask.items()}
+            )
 
         return self._train_variant(k, control, random_mask, start_random)
 
@@ -358,8 +368,12 @@ class IMPRun:
 
     def _record_round(self, result: RoundResult) -> None:
         """Append (or replace) the round in rounds.json so clients can read results mid-run."""
-        rounds: list[dict[str, Any]] = read_json(self.paths.rounds) if self.paths.rounds.exists() else []
-        rounds = [r for r in rounds if r["round"] != result.round] + [result.model_dump(mode="json")]
+        rounds: list[dict[str, Any]] = (
+            read_json(self.paths.rounds) if self.paths.rounds.exists() else []
+        )
+        rounds = [r for r in rounds if r["round"] != result.round] + [
+            result.model_dump(mode="json")
+        ]
         write_json(self.paths.rounds, sorted(rounds, key=lambda r: r["round"]))
 
     # ---- the job's artifacts ------------------------------------------------------------------
@@ -434,7 +448,7 @@ def run(
     should_stop: StopFn | None = None,
     poll_seconds: float = 1.0,
 ) -> RunSummary:
-    """Run or resume the lottery-ticket procedure for ``spec``, writing artifacts into ``out_dir``."""
+    """Run or resume the lottery-ticket procedure for ``spec``, with artifacts in ``out_dir``."""
     return IMPRun(
         spec,
         out_dir,

@@ -20,7 +20,7 @@ PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, 
 
 @dataclass(frozen=True)
 class PrunableLayer:
-    """A prunable weight: its state-dict key, kind ('linear' or 'conv') and whether it is the output."""
+    """A prunable weight: state-dict key, kind ('linear' or 'conv'), whether it is the output."""
 
     key: str
     kind: str
@@ -34,12 +34,14 @@ def _excluded(key: str, exclude: Iterable[str]) -> bool:
 
 
 def prunable_layers(model: nn.Module, exclude: Iterable[str] = ()) -> list[PrunableLayer]:
-    """The model's prunable weights in registration order, minus ``exclude`` (layer or key names)."""
+    """The model's prunable weights in registration order, minus ``exclude`` (layer/key names)."""
+    params = dict(model.named_parameters())
     found: list[tuple[str, str, int]] = []
     for name, module in model.named_modules():
         if isinstance(module, PRUNABLE_TYPES):
+            key = f"{name}.weight" if name else "weight"
             kind = "linear" if isinstance(module, nn.Linear) else "conv"
-            found.append((f"{name}.weight" if name else "weight", kind, module.weight.numel()))
+            found.append((key, kind, params[key].numel()))
     exclude = list(exclude)
     last = len(found) - 1
     return [
@@ -96,8 +98,10 @@ class MaskEnforcer:
 
     def __init__(self, model: nn.Module, mask: Mapping[str, Tensor]) -> None:
         params = dict(model.named_parameters())
-        self._params = [params[key] for key in mask]
-        self._masks = [m.to(device=params[key].device, dtype=params[key].dtype) for key, m in mask.items()]
+        self._params: list[Tensor] = [params[key] for key in mask]
+        self._masks: list[Tensor] = [
+            m.to(device=params[key].device, dtype=params[key].dtype) for key, m in mask.items()
+        ]
 
     @torch.no_grad()
     def __call__(self) -> None:

@@ -1,11 +1,11 @@
 """Where a run keeps each artifact: one-line helpers, so every module agrees on the layout.
 
-    manifest.json  rounds.json  spec.json
-    ticket.safetensors  mask.safetensors  trained.safetensors  dense.safetensors
-    state/init.safetensors  state/rewind.safetensors
-    rounds/<k>/mask.safetensors  rounds/<k>/trained.safetensors  rounds/<k>/metrics.json
-    rounds/<k>/<control>/trained.safetensors  rounds/<k>/<control>/metrics.json
-    rounds/<k>/random_prune/mask.safetensors
+manifest.json  rounds.json  spec.json
+ticket.safetensors  mask.safetensors  trained.safetensors  dense.safetensors
+state/init.safetensors  state/rewind.safetensors
+rounds/<k>/mask.safetensors  rounds/<k>/trained.safetensors  rounds/<k>/metrics.json
+rounds/<k>/<control>/trained.safetensors  rounds/<k>/<control>/metrics.json
+rounds/<k>/random_prune/mask.safetensors
 """
 
 from __future__ import annotations

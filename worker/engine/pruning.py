@@ -79,8 +79,8 @@ def prune_to_density(
     total = sum(m.numel() for m in mask.values())
     keep = round(target * total)
     if strategy == "global":
-        alive = sum(int(m.sum()) for m in mask.values())
-        return prune_global(weights, mask, 1 - keep / alive if alive else 0.0)
+        survivors = sum(int(m.sum()) for m in mask.values())
+        return prune_global(weights, mask, 1 - keep / survivors if survivors else 0.0)
     by_key = {layer.key: layer for layer in layers}
     base = {key: layer_rate(by_key[key], rates) for key in mask}
     max_scale = 1 / max(max(base.values()), 1e-12)

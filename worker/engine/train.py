@@ -72,7 +72,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     with _autocast(x.device, precision):
         loss = F.cross_entropy(model(x), y)
-    loss.backward()
+    loss.backward()  # type: ignore[no-untyped-call]
     optimizer.step()
     enforce_mask()
     return loss.detach()

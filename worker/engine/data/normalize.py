@@ -1,0 +1,80 @@
+"""From stored examples to model inputs: scale uint8 to [0, 1], then standardise.
+
+The mean and std come from the training split after the validation hold-out, so neither the
+validation nor the test examples leak into preprocessing; all three splits share them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """float32 examples; uint8 pixels are scaled to [0, 1]. Never aliases ``x``."""
+    return x.float().div(255) if x.dtype == torch.uint8 else x.float().clone()
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Moves a batch of stored examples to the device as normalised float32."""
+
+    device: torch.device
+    mean: Tensor | None = None  # broadcastable to a batch; None: no standardisation
+    std: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = to_unit(x.to(self.device, non_blocking=True))
+        if self.mean is not None and self.std is not None:
+            x = x.sub_(self.mean).div_(self.std)
+        return x
+
+    def black(self, channels: int) -> Tensor:
+        """The value of a zero (black) pixel after preprocessing, shaped (1, C, 1, 1)."""
+        zero = torch.zeros(1, channels, 1, 1, device=self.device)
+        return self(zero)
+
+
+class RunningStats:
+    """Per-channel mean and std over batches (Chan et al.'s merge, in float64), in one pass.
+
+    Images (N, C, H, W) get one mean/std per channel; flat features (N, F) one global pair.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean = torch.zeros(())
+        self.m2 = torch.zeros(())
+
+    def add(self, x: Tensor) -> None:
+        rows = x.double()
+        rows = rows.transpose(0, 1).reshape(x.shape[1], -1) if x.ndim == 4 else rows.reshape(1, -1)
+        count = rows.shape[1]
+        mean = rows.mean(dim=1)
+        m2 = ((rows - mean[:, None]) ** 2).sum(dim=1)
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
+        self.count = total
+
+    def preprocess(self, device: torch.device, images: bool) -> Preprocess:
+        std = (self.m2 / max(self.count, 1)).sqrt()
+        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel stays as is
+        shape = (1, -1, 1, 1) if images else ()
+        return Preprocess(
+            device,
+            self.mean.float().reshape(shape).to(device),
+            std.float().reshape(shape).to(device),
+        )
+
+
+def fit(batches: Iterable[Tensor], device: torch.device, images: bool) -> Preprocess:
+    """A Preprocess standardising with the statistics of ``batches`` (already in [0, 1])."""
+    stats = RunningStats()
+    for batch in batches:
+        stats.add(batch)
+    return stats.preprocess(device, images)
