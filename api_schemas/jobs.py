@@ -46,7 +46,7 @@ class Progress(_Response):
     )
     metrics: dict[str, float] = Field(
         default_factory=dict,
-        description="Latest evaluation, e.g. `{\"test_accuracy\": 0.97, \"train_loss\": 0.1}`.",
+        description='Latest evaluation, e.g. `{"test_accuracy": 0.97, "train_loss": 0.1}`.',
     )
 
 
@@ -76,7 +76,9 @@ class JobResult(_Response):
 class Job(_Response):
     """A pruning job as the API shows it."""
 
-    id: str = Field(description="Opaque id, `job_` and 26 characters.", examples=["job_" + "0" * 26])
+    id: str = Field(
+        description="Opaque id, `job_` and 26 characters.", examples=["job_" + "0" * 26]
+    )
     status: JobStatus = Field(description="queued → running → succeeded | failed | cancelled.")
     spec: JobSpec = Field(description="The submitted specification, defaults filled in.")
     spec_hash: str = Field(description="sha256 of the canonical spec: equal hashes, equal jobs.")
@@ -140,7 +142,7 @@ class Event(_Response):
     created_at: datetime = Field(description="When it was written (UTC).")
     data: dict[str, Any] = Field(
         default_factory=dict,
-        description="Type-specific payload, e.g. `{\"status\": \"running\", \"attempt\": 1}`.",
+        description='Type-specific payload, e.g. `{"status": "running", "attempt": 1}`.',
     )
 
 
@@ -149,8 +151,7 @@ class EventList(_Response):
 
     data: list[Event] = Field(description="The events on this page.")
     next_cursor: int | None = Field(
-        description="Pass as `after` to continue; the last event's id, null when the page is "
-        "empty."
+        description="Pass as `after` to continue; the last event's id, null when the page is empty."
     )
     has_more: bool = Field(description="Whether more events were already available.")
 

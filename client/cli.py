@@ -11,6 +11,10 @@ import click
 #: subcommand -> "module:attribute" of its click command.
 COMMANDS: dict[str, str] = {
     "run": "worker.engine.cli:run",
+    "worker": "worker.cli:worker",
+    "serve": "service.cli:serve",
+    "keys": "service.cli:keys",
+    "demo": "client.demo:demo",
 }
 
 

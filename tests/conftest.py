@@ -38,7 +38,9 @@ def require(condition: bool, reason: str) -> None:
 def _reachable(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 1
+        ):
             return True
     except OSError:
         return False
@@ -99,7 +101,6 @@ def fashion_mnist_dir() -> Path:
     )
     require(
         present,
-        f"real Fashion-MNIST is not in {FASHION_MNIST_DIR} "
-        "(apt-get install dataset-fashion-mnist)",
+        f"real Fashion-MNIST is not in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)",
     )
     return FASHION_MNIST_DIR

@@ -1,1 +1,1 @@
-"""Workers: the pruning engine (``worker.engine``, plain PyTorch) and the Celery tasks wrapping it."""
+"""Workers: the pruning engine (``worker.engine``, plain PyTorch) and the Celery tasks around it."""

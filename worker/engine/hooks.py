@@ -17,7 +17,7 @@ class Progress:
     steps_total: int
     fraction: float
     metrics: dict[str, float] = field(default_factory=dict)
-    event: str = "step"  # "step", "eval" or "round_done"
+    event: str = "step"  # "step", "eval", "variant_done" or "round_done"
 
 
 ProgressFn = Callable[[Progress], None]

@@ -265,6 +265,14 @@ class IMPRun:
             controls=controls,
         )
         self._record_round(result)
+        plan, _ = self._plan(k)
+        metrics = {
+            "density": result.density,
+            "remaining_weights": float(result.remaining_weights),
+            "accuracy": ticket.accuracy,
+            **{f"{name}_accuracy": c.accuracy for name, c in controls.items()},
+        }
+        self._emit(k, TICKET, plan.end, plan, metrics, event="round_done")
         return result
 
     def _train_control(self, k: int, control: str, mask: dict[str, Tensor]) -> VariantResult:
@@ -352,7 +360,7 @@ class IMPRun:
             return
         span = max(plan.end - plan.start, 1)
         within = min(max(step - plan.start, 0) / span, 1.0)
-        done = self._trainings_done + (0.0 if event == "variant_done" else within)
+        done = self._trainings_done + (0.0 if event.endswith("_done") else within)
         self.on_progress(
             Progress(
                 round=k,

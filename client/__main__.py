@@ -1,0 +1,5 @@
+"""``python -m client`` = ``lth``."""
+
+from client.cli import main
+
+main()

@@ -1,0 +1,209 @@
+"""``lth demo``: start the service on its embedded defaults and run one real job through HTTP.
+
+Everything lives under ``--home`` (default ``./.lth-demo``): SQLite, the embedded broker and the
+artifacts. The job is the engine's minimal spec on the real Fashion-MNIST when it is installed
+(Debian's ``dataset-fashion-mnist``), else on synthetic data made offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from api_schemas.results import RoundResult
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def demo_spec(steps: str) -> dict[str, Any]:
+    if (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        dataset = {"uri": f"idx://{FASHION_MNIST}", "validation_size": 5000}
+    else:
+        dataset = {
+            "uri": "synthetic://?classes=10&shape=1,28,28&train=6000&test=1000&noise=1.0",
+            "validation_size": 1000,
+        }
+    return {
+        "name": "demo: LeNet-300-100",
+        "model": {"arch": "lenet_300_100"},
+        "dataset": dataset,
+        "training": {
+            "optimizer": "adam",
+            "lr": 0.0012,
+            "batch_size": 60,
+            "steps": steps,
+            "eval_every": "100it",
+        },
+        "pruning": {
+            "strategy": "layerwise",
+            "rounds": 2,
+            "rewind_to": "0it",
+            "controls": ["random_reinit"],
+        },
+        "seed": 0,
+        "labels": {"purpose": "demo"},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise click.ClickException(f"the service exited with code {server.returncode}")
+        try:
+            if client.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise click.ClickException(f"the service was not ready within {timeout:.0f} s")
+
+
+def rounds_table(rounds: list[RoundResult], ticket_round: int | None) -> Table:
+    controls = sorted({name for r in rounds for name in r.controls})
+    table = Table(title="Rounds (test accuracy at the early-stopping step)")
+    for column in ["round", "density", "weights", "ticket", *controls]:
+        table.add_column(column, justify="right")
+    for r in rounds:
+        table.add_row(
+            f"{r.round}{' *' if r.round == ticket_round else ''}",
+            f"{r.density:.2%}",
+            f"{r.remaining_weights:,}",
+            f"{r.ticket.accuracy:.2%}",
+            *[f"{r.controls[c].accuracy:.2%}" if c in r.controls else "-" for c in controls],
+        )
+    return table
+
+
+def _download(client: httpx.Client, job_id: str, name: str, target: Path) -> str:
+    """Stream an artifact to ``target`` and check it against the server's sha256 ETag."""
+    digest = hashlib.sha256()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with client.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+        response.raise_for_status()
+        with target.open("wb") as out:
+            for chunk in response.iter_bytes():
+                digest.update(chunk)
+                out.write(chunk)
+        etag = response.headers.get("etag", "").strip('"')
+    if etag and etag != digest.hexdigest():
+        raise click.ClickException(f"{name}: sha256 {digest.hexdigest()} != ETag {etag}")
+    return digest.hexdigest()
+
+
+@click.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".lth-demo"),
+    show_default=True,
+    help="LTH_HOME of the demo service (database, broker, artifacts).",
+)
+@click.option("--steps", default="300it", show_default=True, help="Training steps per round.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("lth-demo-output"),
+    show_default=True,
+    help="Where the downloaded ticket goes.",
+)
+def demo(home: Path, steps: str, out: Path) -> None:
+    """Start the service (embedded defaults), submit a job over HTTP, watch it, download it."""
+    console = Console()
+    home = home.resolve()
+    port = _free_port()
+    env = dict(
+        os.environ,
+        LTH_HOME=str(home),
+        LTH_AUTH="disabled",
+        LTH_HOST="127.0.0.1",
+        LTH_PORT=str(port),
+        LTH_RECONCILE_EVERY_S="5",
+    )
+    for variable in ("LTH_DATABASE_URL", "LTH_BROKER_URL", "LTH_ARTIFACT_ROOT"):
+        env.pop(variable, None)  # the embedded defaults, whatever the shell has set
+    console.print(f"[bold]Starting the service[/] on http://127.0.0.1:{port} (LTH_HOME={home})")
+    log_path = home / "demo-service.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "client", "serve"], env=env, stdout=log_file, stderr=log_file
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            _wait_ready(client, server, timeout=120)
+            spec = demo_spec(steps)
+            console.print(f"Submitting LeNet-300-100 on [cyan]{spec['dataset']['uri']}[/]")
+            response = client.post("/v1/jobs", json=spec)
+            if response.status_code != 202:
+                raise click.ClickException(f"submission failed: {response.text}")
+            job = response.json()
+            job_id = job["id"]
+            console.print(f"Job [bold]{job_id}[/] accepted; polling {response.headers['location']}")
+            job = _watch(client, console, job_id)
+            if job["status"] != "succeeded":
+                error = job.get("error") or {}
+                raise click.ClickException(f"job {job['status']}: {error.get('message', '')}")
+            rounds = [
+                RoundResult.model_validate(r)
+                for r in client.get(f"/v1/jobs/{job_id}/rounds").json()
+            ]
+            result = job["result"]
+            console.print(rounds_table(rounds, result["ticket_round"]))
+            target = out.resolve() / job_id
+            for name in ("ticket.safetensors", "mask.safetensors", "rounds.json"):
+                sha = _download(client, job_id, name, target / name)
+                console.print(f"  downloaded {name} (sha256 {sha[:12]}…, checked)")
+            console.print(
+                f"[bold green]Winning ticket[/]: round {result['ticket_round']} keeps "
+                f"{result['ticket_density']:.2%} of the weights at {result['ticket_accuracy']:.2%} "
+                f"accuracy (dense {result['dense_accuracy']:.2%}).\n"
+                f"Ticket and mask: [bold]{target}[/]"
+            )
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def _watch(client: httpx.Client, console: Console, job_id: str) -> dict[str, Any]:
+    last = ""
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        progress = job.get("progress") or {}
+        line = job["status"]
+        if progress:
+            accuracy = progress.get("metrics", {}).get("test_accuracy")
+            line += (
+                f"  round {progress['round']}/{progress['rounds_total'] - 1}"
+                f"  {progress['variant']}  step {progress['step']}/{progress['steps_total']}"
+                f"  {100 * progress['fraction']:.0f}%"
+                + (f"  test acc {accuracy:.2%}" if accuracy is not None else "")
+            )
+        if line != last:
+            console.print(f"  {line}")
+            last = line
+        if job["status"] in TERMINAL:
+            return job
+        time.sleep(0.5)

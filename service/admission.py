@@ -1,0 +1,99 @@
+"""Checks a valid spec must also pass to be accepted *here*: its files lie inside the data
+roots, an uploaded dataset is the caller's, and the job is not longer than this service allows.
+
+They need the settings, the caller and the database, which the spec's own validators cannot see.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from sqlalchemy.orm import Session
+
+from api_schemas.problem import FieldError
+from api_schemas.spec import JobSpec
+from api_schemas.steps import StepCount
+from service.settings import Settings
+from store.datasets import dataset_id_from_uri, get_dataset
+from store.tables import Tenant
+
+FILE_SCHEMES = ("idx", "npz", "safetensors", "imagefolder")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def path_error(raw: str, settings: Settings) -> str | None:
+    """Why ``raw`` may not be read by a job, or None when it lies inside a data root.
+
+    Symlinks are resolved first, and tenants' upload folders are excluded (an upload is reached
+    only through ``dataset://<id>``, which checks ownership).
+    """
+    if not raw.startswith("/"):
+        return f"{raw!r} is not an absolute path"
+    path = Path(os.path.realpath(raw))
+    roots = [Path(os.path.realpath(root)) for root in settings.data_roots]
+    if not any(_inside(path, root) for root in roots):
+        listed = ", ".join(str(root) for root in settings.data_roots) or "(none configured)"
+        return f"{raw!r} is outside the data roots this service reads: {listed}"
+    uploads = Path(os.path.realpath(settings.upload_root))
+    if _inside(path, uploads) and path != uploads:
+        return f"{raw!r} is inside the upload area; name an upload as dataset://<id>"
+    return None
+
+
+def _file_uri_path(uri: str) -> str:
+    parts = urlsplit(uri)
+    return unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
+
+
+def total_iterations(spec: JobSpec) -> int | None:
+    """Upper bound of iterations the job trains, or None when it is given in epochs."""
+    steps = StepCount.parse(spec.training.steps)
+    if steps.unit != "it":
+        return None
+    variants = 1 + len(spec.pruning.controls)
+    return steps.amount * (1 + spec.pruning.rounds * variants)
+
+
+def check_spec(
+    spec: JobSpec, tenant: Tenant, session: Session, settings: Settings
+) -> list[FieldError]:
+    """Every reason this service refuses ``spec``, as field errors (empty: accept)."""
+    errors: list[FieldError] = []
+    uri = spec.dataset.uri
+    scheme = urlsplit(uri).scheme
+    if scheme == "dataset":
+        dataset_id = dataset_id_from_uri(uri)
+        if dataset_id is None or get_dataset(session, tenant.id, dataset_id) is None:
+            errors.append(
+                FieldError(
+                    loc="dataset.uri",
+                    msg=f"no uploaded dataset {dataset_id!r}; see GET /v1/datasets",
+                    type="unknown_dataset",
+                )
+            )
+    elif scheme in FILE_SCHEMES:
+        problem = path_error(_file_uri_path(uri), settings)
+        if problem:
+            errors.append(FieldError(loc="dataset.uri", msg=problem, type="path_not_allowed"))
+    weights = spec.model.weights
+    if weights is not None:
+        raw = _file_uri_path(weights) if weights.startswith("file://") else weights
+        problem = path_error(raw, settings)
+        if problem:
+            errors.append(FieldError(loc="model.weights", msg=problem, type="path_not_allowed"))
+    total = total_iterations(spec)
+    if total is not None and total > settings.max_steps_per_job:
+        errors.append(
+            FieldError(
+                loc="training.steps",
+                msg=f"the job would train {total} iterations over all rounds and controls; "
+                f"this service allows at most {settings.max_steps_per_job}",
+                type="too_long",
+            )
+        )
+    return errors

@@ -1,0 +1,148 @@
+"""``lth serve`` (the API, plus an embedded worker by default) and ``lth keys``.
+
+``lth serve`` alone is a whole service on one machine: SQLite and the embedded broker under
+``LTH_HOME``, the API on ``--host``/``--port``, and a worker process it restarts if it dies. With
+``LTH_DATABASE_URL``/``LTH_BROKER_URL`` pointing at PostgreSQL and Redis, and ``--no-worker``,
+it is the API tier of a deployment whose workers run elsewhere (``lth worker``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import click
+
+log = logging.getLogger("lth.serve")
+
+
+class WorkerSupervisor:
+    """Keeps one ``python -m worker`` process alive, restarting it (with backoff) if it dies."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name="lth-worker-supervisor", daemon=True
+        )
+        self.restarts = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self.process = subprocess.Popen([sys.executable, "-m", "worker"], env=self.env)
+            code = self.process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - started > 60:
+                backoff = 1.0
+            log.error("worker exited with %s; restarting in %.0f s", code, backoff)
+            self.restarts += 1
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._thread.join(timeout=5)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address (default LTH_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default LTH_PORT, 8000).")
+@click.option(
+    "--worker/--no-worker",
+    "with_worker",
+    default=True,
+    show_default=True,
+    help="Also run (and keep alive) one worker process on this machine.",
+)
+def serve(host: str | None, port: int | None, with_worker: bool) -> None:
+    """Run the HTTP API (and by default a worker) with settings from LTH_* variables."""
+    import uvicorn
+
+    from service.app import create_app
+    from store.db import make_engine, make_sessionmaker
+    from store.queue import CeleryEnqueue, make_celery
+    from store.reconcile import Reconciler
+    from store.settings import Settings
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = Settings()
+    host = host or settings.host
+    port = settings.port if port is None else port
+    if settings.auth == "disabled" and not _is_loopback(host):
+        raise click.UsageError(
+            f"LTH_AUTH=disabled serves without authentication and may only bind to localhost, "
+            f"not {host}"
+        )
+    settings.home.mkdir(parents=True, exist_ok=True)
+    celery = make_celery(settings.broker_url, settings.home, settings.job_time_limit_s)
+    enqueue = CeleryEnqueue(celery)
+    app = create_app(settings, enqueue=enqueue)
+
+    reconciler = Reconciler(
+        make_sessionmaker(make_engine(settings.database_url)),
+        enqueue,
+        stale_after_s=settings.stale_after_s,
+        requeue_queued_after_s=settings.requeue_queued_after_s,
+        every_s=settings.reconcile_every_s,
+    )
+    supervisor = WorkerSupervisor(dict(os.environ)) if with_worker else None
+    reconciler.start()
+    if supervisor is not None:
+        supervisor.start()
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        reconciler.stop()
+        if supervisor is not None:
+            supervisor.stop()
+
+
+@click.group()
+def keys() -> None:
+    """Manage API keys (stored hashed; a key is shown once, at creation)."""
+
+
+@keys.command("create")
+@click.argument("tenant")
+def create_key(tenant: str) -> None:
+    """Create an API key for TENANT (created if new) and print it."""
+    from store.db import make_engine, make_sessionmaker, migrate
+    from store.settings import Settings
+    from store.tenants import create_api_key
+
+    settings = Settings()
+    migrate(settings.database_url)
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    with sessions.begin() as session:
+        key = create_api_key(session, tenant)
+    click.echo(key)
+    click.echo(f"(API key for tenant {tenant!r}; it is not shown again)", err=True)

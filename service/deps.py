@@ -1,0 +1,65 @@
+"""Request dependencies: a database session, the settings, and the calling tenant."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.problems import ProblemError
+from service.settings import Settings
+from service.state import ServiceState, get_state
+from store.tables import Tenant
+from store.tenants import tenant_for_api_key
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key (`lth_…`) as a Bearer token: `Authorization: Bearer lth_…`.",
+)
+
+
+def _session(request: Request) -> Iterator[Session]:
+    # Closed when the endpoint returns, before a streamed body is sent: a session must never
+    # hold a transaction (on SQLite: the write lock) for the length of a download or stream.
+    with get_state(request).sessions() as session:
+        yield session
+
+
+def _settings(request: Request) -> Settings:
+    return get_state(request).settings
+
+
+SessionDep = Annotated[Session, Depends(_session, scope="function")]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def _unauthorized(detail: str, error: str | None) -> ProblemError:
+    challenge = 'Bearer realm="lth"' + (f', error="{error}"' if error else "")
+    return ProblemError(401, detail, kind="unauthorized", headers={"WWW-Authenticate": challenge})
+
+
+def _current_tenant(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant:
+    state = get_state(request)
+    if state.settings.auth == "disabled":
+        if state.local_tenant is None:  # pragma: no cover - set at startup
+            raise RuntimeError("auth is disabled but the local tenant was not created")
+        return state.local_tenant
+    if credentials is None:
+        raise _unauthorized("Send an API key as `Authorization: Bearer <key>`.", None)
+    tenant = tenant_for_api_key(session, credentials.credentials)
+    # End the lookup's transaction now: the handler may take long (an upload) before it writes.
+    session.commit()
+    if tenant is None:
+        raise _unauthorized("The API key is unknown or revoked.", "invalid_token")
+    return tenant
+
+
+CurrentTenant = Annotated[Tenant, Depends(_current_tenant)]

@@ -1,0 +1,136 @@
+"""/v1/jobs/{id}/artifacts: list a job's files and download them (ETag = sha256, Range)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import FileResponse
+from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable, Response
+from starlette.types import Receive, Scope, Send
+
+from api_schemas.jobs import Artifact, ArtifactList
+from service.artifact_files import ArtifactFile, find_artifact, list_artifacts
+from service.deps import CurrentTenant, SessionDep, StateDep
+from service.openapi import problems
+from service.problems import not_found, problem_response
+from store.jobs import get_job
+
+router = APIRouter(prefix="/v1", tags=["artifacts"])
+
+
+class _ArtifactResponse(FileResponse):
+    """FileResponse that ignores a malformed Range (RFC 9110: serve the whole file) instead of
+    answering 400; unsatisfiable ranges are turned into problems before it is built."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope.get("headers", []))
+        http_range = headers.get(b"range")
+        if http_range is not None:
+            try:
+                self._parse_range_header(http_range.decode("latin-1"), 1 << 62)
+            except (MalformedRangeHeader, RangeNotSatisfiable):
+                scope = {
+                    **scope,
+                    "headers": [(k, v) for k, v in scope["headers"] if k != b"range"],
+                }
+        await super().__call__(scope, receive, send)
+
+
+def _etag(artifact: ArtifactFile) -> str:
+    return f'"{artifact.sha256}"'
+
+
+def _matches(if_none_match: str, etag: str) -> bool:
+    """Weak comparison, as RFC 9110 prescribes for If-None-Match."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _unsatisfiable(http_range: str, size: int) -> bool:
+    try:
+        FileResponse._parse_range_header(http_range, size)
+    except RangeNotSatisfiable:
+        return True
+    except MalformedRangeHeader:
+        return False
+    return False
+
+
+def _view(request: Request, job_id: str, artifact: ArtifactFile) -> Artifact:
+    url = request.url_for("download_artifact", job_id=job_id, name=artifact.name)
+    return Artifact(
+        name=artifact.name,
+        size=artifact.size,
+        sha256=artifact.sha256,
+        media_type=artifact.media_type,
+        url=str(url),
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/artifacts",
+    name="list_artifacts",
+    summary="List a job's artifacts",
+    responses=problems(401, 404),
+)
+def list_job_artifacts(
+    request: Request, job_id: str, tenant: CurrentTenant, state: StateDep, session: SessionDep
+) -> ArtifactList:
+    job = get_job(session, tenant.id, job_id)
+    if job is None:
+        raise not_found("job")
+    session.close()
+    files = list_artifacts(state.settings.artifact_root / job.id)
+    return ArtifactList(data=[_view(request, job.id, artifact) for artifact in files])
+
+
+@router.head("/jobs/{job_id}/artifacts/{name:path}", name="head_artifact", include_in_schema=False)
+@router.get(
+    "/jobs/{job_id}/artifacts/{name:path}",
+    name="download_artifact",
+    summary="Download an artifact",
+    description="Strong `ETag` (the quoted sha256) with `If-None-Match` → 304, and byte "
+    "`Range` requests → 206 (416 when unsatisfiable).",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The file."},
+        206: {"description": "The requested byte range."},
+        304: {"description": "Not modified (If-None-Match matched the ETag)."},
+        **problems(401, 404, 416),
+    },
+)
+def download_artifact(
+    request: Request,
+    job_id: str,
+    name: str,
+    tenant: CurrentTenant,
+    state: StateDep,
+    session: SessionDep,
+    if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
+    range_: Annotated[str | None, Header(alias="range", include_in_schema=False)] = None,
+) -> Response:
+    job = get_job(session, tenant.id, job_id)
+    if job is None:
+        raise not_found("job")
+    session.close()
+    artifact = find_artifact(state.settings.artifact_root / job.id, name)
+    if artifact is None:
+        raise not_found("artifact")
+    etag = _etag(artifact)
+    if if_none_match is not None and _matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    if range_ is not None and _unsatisfiable(range_, artifact.size):
+        return problem_response(
+            request,
+            416,
+            f"The artifact has {artifact.size} bytes; the requested range lies outside it.",
+            kind="range-not-satisfiable",
+            headers={"Content-Range": f"bytes */{artifact.size}", "ETag": etag},
+        )
+    return _ArtifactResponse(
+        artifact.path,
+        media_type=artifact.media_type,
+        filename=artifact.name.rsplit("/", 1)[-1],
+        headers={"ETag": etag, "Cache-Control": "private, max-age=0, must-revalidate"},
+    )

@@ -1,0 +1,242 @@
+"""/v1/jobs: submit, list, get and cancel pruning jobs; read their per-round results."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from pydantic import TypeAdapter, ValidationError
+
+from api_schemas.jobs import Job, JobList, JobStatus
+from api_schemas.problem import FieldError
+from api_schemas.results import RoundResult
+from api_schemas.spec import JobSpec
+from service.admission import check_spec
+from service.artifact_files import read_rounds
+from service.deps import CurrentTenant, SessionDep, StateDep
+from service.openapi import problems
+from service.problems import ProblemError, not_found, validation_problem
+from service.views import job_view
+from store import jobs as job_store
+from store.errors import IdempotencyConflictError, InvalidCursorError, TooManyActiveJobsError
+from store.events import add_event
+from store.tables import JobRow, Tenant
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+MINIMAL_SPEC: dict[str, Any] = {
+    "model": {"arch": "lenet_300_100"},
+    "dataset": {"uri": "idx:///usr/share/datasets/fashion-mnist", "validation_size": 5000},
+    "training": {
+        "optimizer": "adam",
+        "lr": 0.0012,
+        "batch_size": 60,
+        "steps": "300it",
+        "eval_every": "100it",
+    },
+    "pruning": {
+        "strategy": "layerwise",
+        "rounds": 2,
+        "rewind_to": "0it",
+        "controls": ["random_reinit"],
+    },
+    "seed": 0,
+}
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,100}$")
+_rounds_adapter = TypeAdapter(list[RoundResult])
+
+
+def _owned_job(session: SessionDep, tenant: Tenant, job_id: str) -> JobRow:
+    job = job_store.get_job(session, tenant.id, job_id)
+    if job is None:
+        raise not_found("job")
+    return job
+
+
+def _enqueue(state: StateDep, job_id: str) -> None:
+    """Hand the committed job to the workers. On failure the job stays queued (the reconciler
+    re-enqueues stale queued jobs), so the client still gets its 202."""
+    try:
+        state.enqueue(job_id)
+    except Exception as exc:
+        log.exception("enqueue of %s failed; it stays queued for the reconciler", job_id)
+        message = f"could not reach the queue ({type(exc).__name__}); will retry"
+        try:
+            with state.sessions.begin() as session:
+                add_event(session, job_id, "warning", {"message": message})
+        except Exception:
+            log.exception("recording the enqueue failure of %s failed too", job_id)
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    name="create_job",
+    summary="Submit a pruning job",
+    response_description="Accepted; poll `urls.self` or stream `urls.events`.",
+    responses=problems(401, 409, 422, 429),
+)
+def create_job(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    state: StateDep,
+    spec: Annotated[
+        JobSpec,
+        Body(
+            openapi_examples={
+                "minimal": {
+                    "summary": "LeNet-300-100 on Fashion-MNIST, 2 rounds",
+                    "value": MINIMAL_SPEC,
+                }
+            }
+        ),
+    ],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Repeat a request safely: the same key and body return the first job; "
+            "the same key with another body is a 409.",
+        ),
+    ] = None,
+) -> Job:
+    errors = check_spec(spec, tenant, session, state.settings)
+    if errors:
+        raise validation_problem(errors)
+    try:
+        created = job_store.create_job(
+            session,
+            tenant.id,
+            spec,
+            idempotency_key=idempotency_key,
+            max_active=state.settings.max_concurrent_jobs_per_tenant,
+        )
+    except IdempotencyConflictError as exc:
+        raise ProblemError(
+            409,
+            "This Idempotency-Key was already used with a different request body.",
+            kind="idempotency-key-reused",
+        ) from exc
+    except TooManyActiveJobsError as exc:
+        raise ProblemError(
+            429,
+            f"You have {exc.active} queued or running jobs; the limit is {exc.limit}. "
+            "Wait for one to finish or cancel one.",
+            kind="too-many-active-jobs",
+            limit=exc.limit,
+        ) from exc
+    session.commit()
+    job = created.job
+    if created.created:
+        _enqueue(state, job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+    return job_view(job, request)
+
+
+def _parse_labels(labels: list[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition(":")
+        if not sep or not _LABEL_KEY.match(key):
+            raise validation_problem(
+                [
+                    FieldError(
+                        loc="query.label",
+                        msg=f"{item!r} is not key:value with a key of letters, digits and _.-/",
+                        type="value_error",
+                    )
+                ]
+            )
+        parsed[key] = value
+    return parsed
+
+
+@router.get(
+    "/jobs", name="list_jobs", summary="List your jobs, newest first", responses=problems(401, 422)
+)
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    after: Annotated[
+        str | None, Query(description="`next_cursor` of the previous page.", max_length=500)
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    status: Annotated[list[JobStatus] | None, Query(description="Only these statuses.")] = None,
+    label: Annotated[
+        list[str] | None, Query(description="`key:value`; repeat to require several.")
+    ] = None,
+) -> JobList:
+    try:
+        page = job_store.list_jobs(
+            session,
+            tenant.id,
+            after=after,
+            limit=limit,
+            statuses=status or (),
+            labels=_parse_labels(label or []),
+        )
+    except InvalidCursorError as exc:
+        raise validation_problem(
+            [FieldError(loc="query.after", msg=str(exc), type="invalid_cursor")]
+        ) from exc
+    return JobList(
+        data=[job_view(job, request) for job in page.jobs],
+        next_cursor=page.next_cursor,
+        has_more=page.has_more,
+    )
+
+
+@router.get("/jobs/{job_id}", name="get_job", summary="Get a job", responses=problems(401, 404))
+def get_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentTenant) -> Job:
+    return job_view(_owned_job(session, tenant, job_id), request)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    name="cancel_job",
+    summary="Cancel a job",
+    description="A queued job is cancelled at once; a running one gets `cancel_requested` and "
+    "its worker stops at the next heartbeat. A finished job answers 409.",
+    responses=problems(401, 404, 409),
+)
+def cancel_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentTenant) -> Job:
+    outcome = job_store.request_cancel(session, tenant.id, job_id)
+    if outcome is None:
+        raise not_found("job")
+    session.commit()
+    if outcome.outcome == "terminal":
+        raise ProblemError(
+            409, f"The job already finished ({outcome.job.status}).", kind="job-finished"
+        )
+    return job_view(outcome.job, request)
+
+
+@router.get(
+    "/jobs/{job_id}/rounds",
+    name="get_rounds",
+    summary="Per-round results so far",
+    description="One entry per finished round (round 0 is the dense network); empty until the "
+    "first round ends.",
+    responses=problems(401, 404),
+)
+def get_rounds(
+    job_id: str, session: SessionDep, tenant: CurrentTenant, state: StateDep
+) -> list[RoundResult]:
+    job = _owned_job(session, tenant, job_id)
+    session.close()
+    try:
+        return _rounds_adapter.validate_python(read_rounds(state.settings.artifact_root / job.id))
+    except (ValueError, ValidationError) as exc:
+        log.exception("rounds.json of %s is unreadable", job.id)
+        raise ProblemError(
+            500, "The job's round results are unreadable.", kind="corrupt-artifact"
+        ) from exc

@@ -1,0 +1,49 @@
+"""A job's append-only event log, read by pollers and the SSE stream with an id cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from api_schemas.jobs import EventType
+from store.tables import EventRow, JobRow, utcnow
+
+MAX_EVENT_PAGE = 1000
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    type: EventType,
+    data: Mapping[str, Any] | None = None,
+    *,
+    now: datetime | None = None,
+) -> EventRow:
+    """Append an event.
+
+    Locks the job row first so that, on PostgreSQL, events of one job get their ids in commit
+    order: a reader paging with ``after_id`` can then never skip an event committed late.
+    """
+    session.execute(sa.select(JobRow.id).where(JobRow.id == job_id).with_for_update())
+    event = EventRow(job_id=job_id, type=type, data=dict(data or {}), created_at=now or utcnow())
+    session.add(event)
+    session.flush()
+    return event
+
+
+def list_events(
+    session: Session, job_id: str, *, after_id: int = 0, limit: int = 100
+) -> list[EventRow]:
+    """Events of ``job_id`` with id > ``after_id``, oldest first, at most ``limit``."""
+    limit = max(1, min(limit, MAX_EVENT_PAGE))
+    query = (
+        sa.select(EventRow)
+        .where(EventRow.job_id == job_id, EventRow.id > after_id)
+        .order_by(EventRow.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))

@@ -1,0 +1,73 @@
+"""The job queue: how the edge and the reconciler hand a job id to the workers.
+
+Both sides build their Celery app from this one configuration, so the producer and the consumer
+can never disagree on serializer, queue or broker options. Producers send the task by name and
+never import the worker package (nor torch). The message carries only the job id: the database
+is the source of truth for everything else.
+
+Without ``broker_url`` the broker is embedded: kombu's filesystem transport under
+``<home>/broker``, no server needed. It does not redeliver a message whose worker died; the
+reconciler (``store.reconcile``) re-enqueues such jobs from the database instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+TASK_NAME = "lth.run_job"
+QUEUE = "lth.jobs"
+
+
+def broker_options(broker_url: str | None, home: Path, job_time_limit_s: int) -> dict[str, Any]:
+    """Celery settings for long GPU jobs (see the README's deployment notes)."""
+    options: dict[str, Any] = {
+        "broker_url": broker_url or "filesystem://",
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],  # never pickle
+        "task_ignore_result": True,  # the database holds job state, not a result backend
+        "task_acks_late": True,  # a worker crash re-queues the job (Redis, AMQP)
+        "task_reject_on_worker_lost": True,  # safe: claims are compare-and-set with attempts
+        "worker_prefetch_multiplier": 1,  # long tasks: take one at a time
+        "worker_max_tasks_per_child": 1,  # a fresh process (and CUDA context) per job
+        "task_soft_time_limit": job_time_limit_s,
+        "task_time_limit": job_time_limit_s + 300,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_connection_retry_on_startup": True,
+        "task_default_queue": QUEUE,
+        "task_routes": {TASK_NAME: {"queue": QUEUE}},
+        "worker_hijack_root_logger": False,
+    }
+    if broker_url is None:
+        folder = home / "broker"
+        for sub in ("queue", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        options["broker_transport_options"] = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        # Redis redelivers an unacknowledged task after this long: keep it above any job.
+        options["broker_transport_options"] = {"visibility_timeout": 2 * job_time_limit_s}
+    return options
+
+
+def make_celery(broker_url: str | None, home: Path, job_time_limit_s: int) -> Celery:
+    app = Celery("lth")
+    app.conf.update(broker_options(broker_url, home, job_time_limit_s))
+    return app
+
+
+class CeleryEnqueue:
+    """``enqueue(job_id)`` for the HTTP edge and the reconciler: sends the task by name."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def __call__(self, job_id: str) -> None:
+        self.app.send_task(TASK_NAME, args=[job_id], queue=QUEUE)

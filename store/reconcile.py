@@ -1,0 +1,79 @@
+"""The reconciler: the database, not the broker, decides which jobs still need a worker.
+
+It re-enqueues running jobs whose worker stopped heartbeating (killed, machine lost, or an
+embedded broker that never redelivers) and queued jobs nobody took (a message lost with a broker
+that lost its data). Enqueueing twice is harmless: workers claim with a compare-and-set, and a
+redelivered running job is only taken over once its heartbeat is stale.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.jobs import stale_queued_jobs, stale_running_jobs
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    """Call ``tick()`` periodically (or ``start()`` a daemon thread that does)."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        enqueue: Callable[[str], None],
+        *,
+        stale_after_s: float,
+        requeue_queued_after_s: float,
+        every_s: float,
+    ) -> None:
+        self.sessions = sessions
+        self.enqueue = enqueue
+        self.stale_after = timedelta(seconds=stale_after_s)
+        self.queued_after = timedelta(seconds=requeue_queued_after_s)
+        self.every_s = every_s
+        self._last_sent: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> list[str]:
+        """Re-enqueue what needs it; returns the job ids sent. A job is sent again only after
+        another full staleness period, so a queue without workers does not fill with copies."""
+        with self.sessions() as session:
+            running = [job.id for job in stale_running_jobs(session, self.stale_after)]
+            queued = [job.id for job in stale_queued_jobs(session, self.queued_after)]
+        now = time.monotonic()
+        sent = []
+        for job_id, period in [(j, self.stale_after) for j in running] + [
+            (j, self.queued_after) for j in queued
+        ]:
+            if now - self._last_sent.get(job_id, -1e18) < period.total_seconds():
+                continue
+            self.enqueue(job_id)
+            self._last_sent[job_id] = now
+            sent.append(job_id)
+        if sent:
+            log.warning("re-enqueued %d job(s) without a live worker: %s", len(sent), sent)
+        return sent
+
+    def start(self) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self.every_s):
+                try:
+                    self.tick()
+                except Exception:  # the database may be briefly away; try again next tick
+                    log.warning("reconciler tick failed", exc_info=True)
+
+        self._thread = threading.Thread(target=loop, name="lth-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,158 @@
+"""Configuration of the service and its workers from ``LTH_*`` environment variables.
+
+One ``Settings`` for both sides (pydantic-settings), so the API and the workers can never read
+the same variable differently.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _split(value: Any, separator: str) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(separator) if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every field is read from ``LTH_<FIELD>`` (e.g. ``LTH_DATABASE_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="LTH_", extra="ignore")
+
+    home: Path = Field(
+        default=Path("~/.lth"),
+        description="State directory: default database, artifacts and uploaded datasets.",
+    )
+    database_url: str = Field(
+        default_factory=lambda data: f"sqlite:///{data['home'] / 'lth.db'}",
+        description="SQLAlchemy URL of the job store: `sqlite:///<file>` (default "
+        "`<home>/lth.db`) or `postgresql+psycopg://user@host/db` for production.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL (`redis://host:6379/0`); unset means the embedded broker "
+        "chosen by the worker package.",
+    )
+    artifact_root: Path = Field(
+        default_factory=lambda data: data["home"] / "artifacts",
+        description="Where workers write `<job_id>/` artifact folders and the API reads them.",
+    )
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda data: [Path("/usr/share/datasets"), data["home"] / "datasets"],
+        description="Colon-separated directories that file dataset URIs (`idx:///…`, `npz:///…`) "
+        "and `model.weights` may point into; anything else is rejected at submission.",
+    )
+    auth: Literal["enabled", "disabled"] = Field(
+        default="enabled",
+        description="`disabled` maps every request to one local tenant: for a laptop only.",
+    )
+    local_tenant: str = Field(
+        default="local", description="Tenant name used for every request when auth is disabled."
+    )
+    max_concurrent_jobs_per_tenant: int = Field(
+        default=4, ge=1, description="Queued plus running jobs a tenant may have (429 beyond)."
+    )
+    max_upload_bytes: int = Field(
+        default=512 * MiB, ge=1, description="Largest dataset upload accepted (413 beyond)."
+    )
+    max_steps_per_job: int = Field(
+        default=5_000_000,
+        ge=1,
+        description="Most training iterations one job may run over all rounds and controls. "
+        "Checked at submission for `it` lengths; the worker checks `ep` lengths once it knows "
+        "the dataset size.",
+    )
+    max_parameters: int = Field(
+        default=200_000_000,
+        ge=1,
+        description="Largest model (trainable parameters) a worker will build; the worker "
+        "enforces it, since counting needs the model.",
+    )
+    allow_download: bool = Field(
+        default=False,
+        description="Whether workers may download `torchvision://` datasets from the internet.",
+    )
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names webhooks may be sent to; empty disables them.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port the HTTP server binds to.")
+    migrate_on_start: bool = Field(
+        default=True, description="Apply database migrations when the app starts."
+    )
+    job_time_limit_s: int = Field(
+        default=3 * 24 * 3600,
+        ge=60,
+        description="Longest a job may run; the broker's redelivery timeout is twice this.",
+    )
+    heartbeat_seconds: float = Field(
+        default=1.0, gt=0, description="How often a running job writes progress and liveness."
+    )
+    stale_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A running job without a heartbeat for this long has lost its worker: it is "
+        "enqueued again and resumes from its last checkpoint.",
+    )
+    requeue_queued_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A job queued this long without a worker taking it is enqueued again (a lost "
+        "broker message); safe, since claims are compare-and-set.",
+    )
+    reconcile_every_s: float = Field(
+        default=15.0, gt=0, description="How often the API looks for jobs to re-enqueue."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, description="Worker losses a job survives before it is failed."
+    )
+    torch_threads: int = Field(
+        default=1,
+        ge=0,
+        description="CPU threads per training job (0: torch's default). One thread per job is "
+        "as fast at small batches and keeps concurrent jobs from fighting over cores.",
+    )
+    worker_name: str | None = Field(
+        default=None, description="Name a worker reports (default: celery's host name)."
+    )
+    sse_poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often an SSE stream polls the events table."
+    )
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, home: Path) -> Path:
+        return home.expanduser()
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_paths(cls, value: Any) -> Any:
+        return _split(value, ":")
+
+    @field_validator("webhook_allowlist", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        return _split(value, ",")
+
+    @field_validator("artifact_root", mode="after")
+    @classmethod
+    def _expand_artifacts(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @field_validator("data_roots", mode="after")
+    @classmethod
+    def _expand_roots(cls, paths: list[Path]) -> list[Path]:
+        return [path.expanduser() for path in paths]
+
+    @property
+    def upload_root(self) -> Path:
+        """Where uploaded datasets live, one folder per tenant."""
+        return self.home / "datasets"

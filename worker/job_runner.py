@@ -1,0 +1,247 @@
+"""Running one job from the store: claim it, run the engine, report, finish.
+
+The flow a task follows, whatever the broker delivers:
+1. claim the job (queued → running, attempt + 1) with a compare-and-set; a duplicate delivery
+   finds it running with a fresh heartbeat and does nothing; a redelivery after a crash finds the
+   heartbeat stale and takes it over (attempt + 1), resuming from the engine's last checkpoint;
+2. run the engine with a heartbeat thread that writes progress about once a second and reads
+   the cancel flag, which the engine's stop check polls;
+3. finish the job as succeeded, failed (with a code and a message the user can act on) or
+   cancelled. The attempt number fences every write: a worker that lost the job writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api_schemas.jobs import JobError, JobResult
+from api_schemas.jobs import Progress as JobProgress
+from api_schemas.spec import JobSpec
+from store import events as store_events
+from store import jobs as store_jobs
+from store.datasets import resolve_dataset_uri
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Shared:
+    """What the training thread and the heartbeat thread exchange."""
+
+    progress: JobProgress | None = None
+    cancel: bool = False
+    lost: bool = False
+    started: float = field(default_factory=time.monotonic)
+    start_fraction: float | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class JobRunner:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], worker_name: str
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.worker_name = worker_name
+
+    # ---- claiming -----------------------------------------------------------------------------
+
+    def _claim(self, job_id: str) -> store_jobs.ClaimResult:
+        with self.sessions.begin() as session:
+            claim = store_jobs.claim_job(session, job_id, self.worker_name)
+            if claim.claimed or claim.job is None or claim.job.status != "running":
+                return claim
+            return store_jobs.resume_claim(
+                session,
+                job_id,
+                self.worker_name,
+                stale_after=timedelta(seconds=self.settings.stale_after_s),
+                max_attempts=self.settings.max_attempts,
+            )
+
+    # ---- running ------------------------------------------------------------------------------
+
+    def run(self, job_id: str) -> str:
+        """Run ``job_id`` if this worker may; returns what happened (for logs and tests)."""
+        claim = self._claim(job_id)
+        if not claim.claimed or claim.job is None:
+            log.info("job %s not run: %s", job_id, claim.reason)
+            return claim.reason
+        job = claim.job
+        attempt, tenant_id = job.attempt, job.tenant_id
+        spec = JobSpec.model_validate(job.spec)
+        log.info("job %s: attempt %d on %s", job_id, attempt, self.worker_name)
+        shared = _Shared()
+        stop_heartbeat = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat_loop,
+            args=(job_id, attempt, shared, stop_heartbeat),
+            name=f"heartbeat-{job_id}",
+            daemon=True,
+        )
+        beat.start()
+        try:
+            outcome = self._run_engine(job_id, attempt, tenant_id, spec, shared)
+        finally:
+            stop_heartbeat.set()
+            beat.join(timeout=10)
+        return outcome
+
+    def _run_engine(
+        self, job_id: str, attempt: int, tenant_id: str, spec: JobSpec, shared: _Shared
+    ) -> str:
+        # torch is imported here, in the task's process, never in the worker's parent.
+        import torch
+
+        from worker.engine.errors import EngineError, Stopped
+        from worker.engine.imp import IMPRun
+        from worker.engine.models import count_parameters
+
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        try:
+            run = IMPRun(
+                spec,
+                self.settings.artifact_root / job_id,
+                self._data_config(tenant_id),
+                on_progress=lambda p: self._on_progress(job_id, p, shared),
+                should_stop=lambda: shared.cancel or shared.lost,
+                poll_seconds=min(self.settings.heartbeat_seconds, 1.0),
+            )
+            self._check_limits(run, count_parameters(run.model))
+            summary = run.run()
+        except Stopped:
+            if shared.lost:
+                log.warning("job %s: attempt %d lost the job to another worker", job_id, attempt)
+                return "lost"
+            self._finish(job_id, attempt, "cancelled")
+            return "cancelled"
+        except EngineError as exc:
+            self._finish(job_id, attempt, "failed", error=JobError(code=exc.code, message=str(exc)))
+            return "failed"
+        except MemoryError:
+            message = "the job ran out of memory; use a smaller model, batch or dataset"
+            self._finish(
+                job_id, attempt, "failed", error=JobError(code="out_of_memory", message=message)
+            )
+            return "failed"
+        except Exception as exc:  # a bug or an environment failure: keep the worker alive
+            if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+                message = "the GPU ran out of memory; use a smaller model or batch"
+                error = JobError(code="out_of_memory", message=message)
+            elif type(exc).__name__ == "SoftTimeLimitExceeded":
+                limit = self.settings.job_time_limit_s
+                error = JobError(code="time_limit", message=f"the job ran longer than {limit} s")
+            else:
+                log.error("job %s crashed:\n%s", job_id, traceback.format_exc())
+                error = JobError(
+                    code="internal_error",
+                    message=f"the worker failed unexpectedly ({type(exc).__name__}); "
+                    "the operator's logs have the details",
+                )
+            self._finish(job_id, attempt, "failed", error=error)
+            return "failed"
+        self._finish(job_id, attempt, "succeeded", result=JobResult.from_summary(summary))
+        return "succeeded"
+
+    def _check_limits(self, run: Any, parameters: int) -> None:
+        from worker.engine.errors import SpecError
+
+        if parameters > self.settings.max_parameters:
+            raise SpecError(
+                f"the model has {parameters:,} parameters; this service allows at most "
+                f"{self.settings.max_parameters:,}"
+            )
+        steps = run.lengths.total * (1 + run.rounds_total * (1 + len(run.spec.pruning.controls)))
+        if steps > self.settings.max_steps_per_job:
+            raise SpecError(
+                f"the job would train {steps:,} iterations over all rounds and controls; this "
+                f"service allows at most {self.settings.max_steps_per_job:,}"
+            )
+
+    def _data_config(self, tenant_id: str) -> Any:
+        from worker.engine.data import DataConfig
+        from worker.engine.errors import DataError
+
+        def upload(uri: str) -> Path:
+            with self.sessions() as session:
+                path = resolve_dataset_uri(session, tenant_id, uri)
+            if path is None:
+                raise DataError(f"{uri} is not one of your uploaded datasets")
+            return path
+
+        return DataConfig(
+            roots=tuple(self.settings.data_roots),
+            download=self.settings.allow_download,
+            torchvision_root=self.settings.home / "torchvision",
+            uploads=upload,
+        )
+
+    # ---- reporting ----------------------------------------------------------------------------
+
+    def _on_progress(self, job_id: str, p: Any, shared: _Shared) -> None:
+        """Called by the engine: keep the latest progress; log rounds and evaluations."""
+        with shared.lock:
+            if shared.start_fraction is None:
+                shared.start_fraction, shared.started = p.fraction, time.monotonic()
+            done = p.fraction - shared.start_fraction
+            elapsed = time.monotonic() - shared.started
+            eta = elapsed * (1 - p.fraction) / done if done > 1e-6 else None
+            shared.progress = JobProgress(
+                round=p.round,
+                rounds_total=p.rounds_total + 1,
+                step=p.step,
+                steps_total=p.steps_total,
+                fraction=p.fraction,
+                eta_seconds=eta,
+                variant=p.variant,
+                metrics=p.metrics,
+            )
+        if p.event == "round_done":
+            with self.sessions.begin() as session:
+                data = {"round": p.round, **p.metrics}
+                store_events.add_event(session, job_id, "round", data)
+        elif p.event == "eval":
+            with self.sessions.begin() as session:
+                data = {"round": p.round, "variant": p.variant, "step": p.step, **p.metrics}
+                store_events.add_event(session, job_id, "progress", data)
+
+    def _heartbeat_loop(
+        self, job_id: str, attempt: int, shared: _Shared, stop: threading.Event
+    ) -> None:
+        while not stop.wait(self.settings.heartbeat_seconds):
+            try:
+                with shared.lock:
+                    progress = shared.progress
+                with self.sessions.begin() as session:
+                    beat = store_jobs.heartbeat(session, job_id, attempt=attempt, progress=progress)
+            except Exception:  # a database hiccup must not kill the job; the next beat retries
+                log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+                continue
+            shared.lost = not beat.owned
+            shared.cancel = beat.cancel_requested
+
+    def _finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: Any,
+        *,
+        result: JobResult | None = None,
+        error: JobError | None = None,
+    ) -> None:
+        with self.sessions.begin() as session:
+            done = store_jobs.finish_job(
+                session, job_id, status, attempt=attempt, result=result, error=error
+            )
+        log.info("job %s: %s%s", job_id, status, "" if done else " (already final)")
