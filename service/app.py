@@ -18,6 +18,7 @@ from service.openapi import install_openapi
 from service.problems import install_problem_handlers
 from service.readiness import broker_check, database_check
 from service.routes import artifacts, datasets, events, health, jobs, models
+from service.routes import reports as report_routes
 from service.settings import Settings
 from service.state import Enqueue, ReadinessCheck, ServiceState, state_of
 from store.db import make_engine, make_sessionmaker, migrate
@@ -112,5 +113,6 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     for module in (jobs, events, artifacts, datasets, models, health):
         app.include_router(module.router)
+    app.include_router(report_routes.router)
     install_openapi(app)
     return app

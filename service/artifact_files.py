@@ -63,7 +63,7 @@ def _walk(job_dir: Path) -> dict[str, tuple[Path, os.stat_result]]:
         for filename in filenames:
             path = Path(dirpath) / filename
             name = path.relative_to(job_dir).as_posix()
-            if name == MANIFEST or _hidden_or_temporary(name):
+            if _hidden_or_temporary(name):
                 continue
             try:
                 info = os.lstat(path)

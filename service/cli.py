@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import timedelta
 
 import click
 
@@ -86,6 +87,7 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.readiness import worker_check
     from store.db import make_engine, make_sessionmaker
     from store.queue import CeleryEnqueue, make_celery
     from store.reconcile import Reconciler
@@ -105,10 +107,15 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
     celery = make_celery(settings.broker_url, settings.home, settings.job_time_limit_s)
     enqueue = CeleryEnqueue(celery)
-    app = create_app(settings, enqueue=enqueue)
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    app = create_app(
+        settings,
+        enqueue=enqueue,
+        readiness_checks={"worker": worker_check(sessions, timedelta(seconds=30))},
+    )
 
     reconciler = Reconciler(
-        make_sessionmaker(make_engine(settings.database_url)),
+        sessions,
         enqueue,
         stale_after_s=settings.stale_after_s,
         requeue_queued_after_s=settings.requeue_queued_after_s,

@@ -4,12 +4,15 @@ dependency is not usable; the worker package adds its own (e.g. "a live worker e
 from __future__ import annotations
 
 import socket
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.state import ReadinessCheck
+from store.workers import live_workers
 
 #: Brokers reached over the network, with their default ports.
 NETWORK_BROKERS = {"redis": 6379, "rediss": 6379, "amqp": 5672, "amqps": 5671, "pyamqp": 5672}
@@ -43,5 +46,16 @@ def broker_check(url: str | None, timeout: float = 1.0) -> ReadinessCheck:
             raise RuntimeError(
                 f"broker {host}:{port} is unreachable ({exc.strerror or exc})"
             ) from exc
+
+    return check
+
+
+def worker_check(sessions: sessionmaker[Session], within: timedelta) -> ReadinessCheck:
+    """At least one worker has reported in within ``within`` (else jobs would only queue)."""
+
+    def check() -> None:
+        with sessions() as session:
+            if not live_workers(session, within):
+                raise RuntimeError(f"no worker has reported in the last {within.seconds} s")
 
     return check

@@ -13,3 +13,5 @@ from store.settings import Settings
 settings = Settings()
 celery_app = make_celery(settings.broker_url, settings.home, settings.job_time_limit_s)
 celery_app.conf.include = ["worker.tasks"]
+
+import worker.liveness  # noqa: E402, F401  (connects the liveness signals)

@@ -151,6 +151,7 @@ class JobRunner:
                 )
             self._finish(job_id, attempt, "failed", error=error)
             return "failed"
+        self._beat(job_id, attempt, shared)  # the final progress, before the final state
         self._finish(job_id, attempt, "succeeded", result=JobResult.from_summary(summary))
         return "succeeded"
 
@@ -220,16 +221,20 @@ class JobRunner:
         self, job_id: str, attempt: int, shared: _Shared, stop: threading.Event
     ) -> None:
         while not stop.wait(self.settings.heartbeat_seconds):
-            try:
-                with shared.lock:
-                    progress = shared.progress
-                with self.sessions.begin() as session:
-                    beat = store_jobs.heartbeat(session, job_id, attempt=attempt, progress=progress)
-            except Exception:  # a database hiccup must not kill the job; the next beat retries
-                log.warning("job %s: heartbeat failed", job_id, exc_info=True)
-                continue
-            shared.lost = not beat.owned
-            shared.cancel = beat.cancel_requested
+            self._beat(job_id, attempt, shared)
+
+    def _beat(self, job_id: str, attempt: int, shared: _Shared) -> None:
+        """Write liveness and the latest progress; learn whether to stop."""
+        try:
+            with shared.lock:
+                progress = shared.progress
+            with self.sessions.begin() as session:
+                beat = store_jobs.heartbeat(session, job_id, attempt=attempt, progress=progress)
+        except Exception:  # a database hiccup must not kill the job; the next beat retries
+            log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+            return
+        shared.lost = not beat.owned
+        shared.cancel = beat.cancel_requested
 
     def _finish(
         self,

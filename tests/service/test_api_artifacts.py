@@ -44,7 +44,12 @@ def test_list(job: dict[str, Any], live: Any) -> None:
     client = job["client"]
     listed = client.get(job["urls"]["artifacts"]).json()["data"]
     by_name = {a["name"]: a for a in listed}
-    assert sorted(by_name) == ["rounds.json", "rounds/3/mask.safetensors", "ticket.safetensors"]
+    assert sorted(by_name) == [
+        "manifest.json",
+        "rounds.json",
+        "rounds/3/mask.safetensors",
+        "ticket.safetensors",
+    ]
     assert by_name["ticket.safetensors"]["sha256"] == "a" * 64  # from the manifest
     assert by_name["rounds/3/mask.safetensors"]["sha256"] == hashlib.sha256(MASK).hexdigest()
     assert by_name["rounds/3/mask.safetensors"]["size"] == len(MASK)
@@ -117,7 +122,6 @@ def _raw_get(base: str, path: str, key: str) -> int:
         "rounds%2F..%2F..%2Fsecret.txt",
         "link.txt",
         ".checkpoint.tmp",
-        "manifest.json",
         "rounds",
         "nothing.bin",
         "%2e%2e/secret.txt",

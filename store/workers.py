@@ -1,0 +1,59 @@
+"""Which workers are alive: each worker process upserts its row every few seconds."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from store.tables import WorkerRow, utcnow
+
+
+def worker_seen(
+    session: Session,
+    name: str,
+    *,
+    hostname: str,
+    pid: int,
+    device: str,
+    now: datetime | None = None,
+) -> None:
+    """Record that worker ``name`` is alive (registering it, or re-registering after a restart)."""
+    now = now or utcnow()
+    row = session.get(WorkerRow, name)
+    if row is None or row.pid != pid:
+        if row is not None:
+            session.delete(row)
+            session.flush()
+        session.add(
+            WorkerRow(
+                name=name,
+                hostname=hostname,
+                pid=pid,
+                device=device,
+                started_at=now,
+                last_seen_at=now,
+            )
+        )
+        return
+    row.last_seen_at, row.stopped_at, row.device = now, None, device
+
+
+def worker_stopped(session: Session, name: str, *, now: datetime | None = None) -> None:
+    session.execute(
+        sa.update(WorkerRow).where(WorkerRow.name == name).values(stopped_at=now or utcnow())
+    )
+
+
+def live_workers(
+    session: Session, within: timedelta, *, now: datetime | None = None
+) -> list[WorkerRow]:
+    """Workers seen within ``within`` that have not said they stopped."""
+    cutoff = (now or utcnow()) - within
+    query = (
+        sa.select(WorkerRow)
+        .where(WorkerRow.last_seen_at >= cutoff, WorkerRow.stopped_at.is_(None))
+        .order_by(WorkerRow.name)
+    )
+    return list(session.scalars(query))

@@ -1,0 +1,47 @@
+"""Fixtures starting whole deployments (see ``deployments``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.deployments import LTH, Deployment, base_env, free_port
+
+
+@pytest.fixture
+def production(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Deployment]:
+    """PostgreSQL + Redis, the API and one worker as separate processes, auth on."""
+    import redis
+
+    broker = redis_url.rsplit("/", 1)[0] + "/14"
+    redis.Redis.from_url(broker).flushdb()
+    port = free_port()
+    env = base_env(tmp_path, port) | {
+        "LTH_DATABASE_URL": postgres_url,
+        "LTH_BROKER_URL": broker,
+        "LTH_AUTH": "enabled",
+    }
+    deployment = Deployment(url=f"http://127.0.0.1:{port}", env=env, home=tmp_path)
+    deployment.start("api", LTH, "serve", "--no-worker")
+    deployment.start_worker()
+    try:
+        deployment.wait_ready()
+        yield deployment
+    finally:
+        deployment.stop_all()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[Deployment]:
+    """``lth serve`` on its own: SQLite, the filesystem broker and a supervised worker."""
+    port = free_port()
+    env = base_env(tmp_path, port) | {"LTH_AUTH": "disabled"}
+    deployment = Deployment(url=f"http://127.0.0.1:{port}", env=env, home=tmp_path)
+    deployment.start("serve", LTH, "serve")
+    try:
+        deployment.wait_ready()
+        yield deployment
+    finally:
+        deployment.stop_all()

@@ -1,0 +1,204 @@
+"""Jobs through real deployments: HTTP in, a real Celery worker training, artifacts out."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load
+
+from tests.e2e.deployments import SMALL_SPEC, TERMINAL, Deployment, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def submit(client: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/jobs", json=spec)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def children(pid: int) -> list[int]:
+    """Child processes of ``pid``, whichever of its threads started them."""
+    tasks = Path(f"/proc/{pid}/task").iterdir()
+    return [int(c) for task in tasks for c in (task / "children").read_text().split()]
+
+
+def long_spec() -> dict[str, Any]:
+    return {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "20000it"}}
+
+
+def test_a_job_runs_end_to_end_with_progress_events_and_artifacts(
+    production: Deployment,
+) -> None:
+    key = production.key("tenant-a")
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "1000it"}}
+    with production.client(key) as client:
+        job = submit(client, spec)
+        fractions: list[float] = []
+        while (job := client.get(f"/v1/jobs/{job['id']}").json())["status"] not in TERMINAL:
+            if job["progress"]:
+                fractions.append(job["progress"]["fraction"])
+            time.sleep(0.1)
+        assert job["status"] == "succeeded", (job, production.log_tail())
+        assert job["attempt"] == 1
+        assert len(set(fractions)) >= 2 and fractions == sorted(fractions)  # progress moved
+        assert job["progress"]["fraction"] == 1.0
+
+        events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+        types = [e["type"] for e in events]
+        states = [e["data"]["status"] for e in events if e["type"] == "state"]
+        assert states == ["queued", "running", "succeeded"]
+        assert types.count("round") == 3 and "progress" in types
+
+        result = job["result"]
+        mask_bytes = client.get(f"/v1/jobs/{job['id']}/artifacts/mask.safetensors")
+        ticket_bytes = client.get(f"/v1/jobs/{job['id']}/artifacts/ticket.safetensors")
+        assert mask_bytes.status_code == ticket_bytes.status_code == 200
+        mask, ticket = load(mask_bytes.content), load(ticket_bytes.content)
+        kept = sum(int(m.sum()) for m in mask.values())
+        total = sum(m.numel() for m in mask.values())
+        assert kept / total == pytest.approx(result["ticket_density"])
+        for name, m in mask.items():
+            assert bool((ticket[name][~m] == 0).all()), name
+
+        rounds = client.get(f"/v1/jobs/{job['id']}/rounds").json()
+        assert [r["round"] for r in rounds] == [0, 1, 2]
+        assert rounds[result["ticket_round"]]["density"] == result["ticket_density"]
+
+        listed = client.get(f"/v1/jobs/{job['id']}/artifacts").json()["data"]
+        manifest = json.loads(client.get(f"/v1/jobs/{job['id']}/artifacts/manifest.json").content)
+        by_name = {a["name"]: a["sha256"] for a in listed}
+        for entry in manifest["artifacts"]:
+            assert by_name[entry["name"]] == entry["sha256"]
+
+    # Another tenant sees nothing of it.
+    with production.client(production.key("tenant-b")) as other:
+        assert other.get(f"/v1/jobs/{job['id']}").status_code == 404
+        assert other.get(f"/v1/jobs/{job['id']}/artifacts/mask.safetensors").status_code == 404
+
+
+def test_cancelling_a_running_job_stops_it_within_seconds(production: Deployment) -> None:
+    with production.client(production.key("tenant-a")) as client:
+        job = submit(client, long_spec())
+        running = wait_for(client, job["id"], {"running"})
+        while not (running.get("progress") or {}).get("step"):
+            running = client.get(f"/v1/jobs/{job['id']}").json()
+            time.sleep(0.1)
+        asked = time.monotonic()
+        response = client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert response.status_code in (200, 202), response.text
+        done = wait_for(client, job["id"], TERMINAL, timeout=30)
+        assert done["status"] == "cancelled"
+        assert time.monotonic() - asked < 10
+        # The worker is free again: the next job runs.
+        second = submit(client, SMALL_SPEC)
+        assert wait_for(client, second["id"], TERMINAL)["status"] == "succeeded"
+
+
+def test_a_killed_worker_is_replaced_and_the_job_resumes(production: Deployment) -> None:
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "1500it"}}
+    spec["training"]["checkpoint_every"] = "100it"
+    with production.client(production.key("tenant-a")) as client:
+        job = submit(client, spec)
+        wait_for(client, job["id"], {"running"})
+        while ((job := client.get(f"/v1/jobs/{job['id']}").json()).get("progress") or {}).get(
+            "step", 0
+        ) < 300:
+            time.sleep(0.1)
+        production.kill("worker")
+        production.start_worker("worker2")
+        done = wait_for(client, job["id"], TERMINAL, timeout=180)
+        assert done["status"] == "succeeded", (done, production.log_tail())
+        assert done["attempt"] == 2
+        events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+        resumed = [e for e in events if e["type"] == "state" and e["data"].get("resumed")]
+        assert resumed and resumed[0]["data"]["attempt"] == 2
+
+
+def test_duplicate_deliveries_run_a_job_once(production: Deployment) -> None:
+    """A second copy of the task message (redelivery) finds the job claimed and does nothing."""
+    from store.queue import CeleryEnqueue, make_celery
+
+    with production.client(production.key("tenant-a")) as client:
+        job = submit(client, SMALL_SPEC)
+        producer = make_celery(production.env["LTH_BROKER_URL"], production.home, 3600)
+        for _ in range(2):
+            CeleryEnqueue(producer)(job["id"])
+        done = wait_for(client, job["id"], TERMINAL)
+        assert done["status"] == "succeeded" and done["attempt"] == 1
+        time.sleep(1.0)  # the duplicates are consumed after the job; they must change nothing
+        again = client.get(f"/v1/jobs/{job['id']}").json()
+        assert again["attempt"] == 1 and again["status"] == "succeeded"
+
+
+def test_a_job_failing_in_the_worker_reports_why(production: Deployment) -> None:
+    spec = {**SMALL_SPEC, "dataset": {**SMALL_SPEC["dataset"], "validation_size": 5000}}
+    with production.client(production.key("tenant-a")) as client:
+        job = submit(client, spec)
+        done = wait_for(client, job["id"], TERMINAL)
+        assert done["status"] == "failed"
+        assert done["error"]["code"] == "invalid_dataset"
+        assert "5000" in done["error"]["message"]
+
+
+def test_the_embedded_default_runs_the_minimal_spec_as_posted(
+    embedded: Deployment, fashion_mnist_dir: Any
+) -> None:
+    minimal = {
+        "model": {"arch": "lenet_300_100"},
+        "dataset": {"uri": f"idx://{fashion_mnist_dir}", "validation_size": 5000},
+        "training": {
+            "optimizer": "adam",
+            "lr": 0.0012,
+            "batch_size": 60,
+            "steps": "300it",
+            "eval_every": "100it",
+        },
+        "pruning": {
+            "strategy": "layerwise",
+            "rounds": 2,
+            "rewind_to": "0it",
+            "controls": ["random_reinit"],
+        },
+        "seed": 0,
+    }
+    with embedded.client() as client:
+        job = submit(client, minimal)
+        done = wait_for(client, job["id"], TERMINAL, timeout=180)
+        assert done["status"] == "succeeded", (done, embedded.log_tail())
+        assert done["result"]["ticket_density"] <= 0.6407
+        assert done["result"]["dense_accuracy"] > 0.75
+
+
+def test_the_embedded_service_restarts_its_worker_and_resumes_the_job(
+    embedded: Deployment,
+) -> None:
+    import os
+    import signal
+
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "1500it"}}
+    spec["training"]["checkpoint_every"] = "100it"
+    with embedded.client() as client:
+        job = submit(client, spec)
+        wait_for(client, job["id"], {"running"})
+        while ((job := client.get(f"/v1/jobs/{job['id']}").json()).get("progress") or {}).get(
+            "step", 0
+        ) < 300:
+            time.sleep(0.1)
+        # kill -9 the supervised worker (the Celery parent and its child running the job)
+        workers = [
+            pid
+            for pid in children(embedded.processes["serve"].pid)
+            if b"-m\0worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert len(workers) == 1, embedded.log_tail()
+        for pid in [*children(workers[0]), workers[0]]:
+            os.kill(pid, signal.SIGKILL)
+        done = wait_for(client, job["id"], TERMINAL, timeout=180)
+        assert done["status"] == "succeeded", (done, embedded.log_tail())
+        assert done["attempt"] == 2

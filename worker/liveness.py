@@ -1,0 +1,60 @@
+"""A worker process announces itself in the store while it runs, for /readyz and operators.
+
+Runs in the Celery parent process (which never imports torch), on a daemon thread started when
+the worker is ready and stopped at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+
+from store.db import make_engine, make_sessionmaker
+from store.settings import Settings
+from store.workers import worker_seen, worker_stopped
+
+log = logging.getLogger(__name__)
+EVERY_S = 5.0
+
+_stop = threading.Event()
+
+
+def _device() -> str:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return f"cuda (CUDA_VISIBLE_DEVICES={visible})" if visible else "auto"
+
+
+def _loop(settings: Settings, name: str) -> None:
+    sessions = make_sessionmaker(make_engine(settings.database_url))
+    hostname, pid = socket.gethostname(), os.getpid()
+    while True:
+        try:
+            with sessions.begin() as session:
+                worker_seen(session, name, hostname=hostname, pid=pid, device=_device())
+        except Exception:  # the database may be away for a moment; keep trying
+            log.warning("could not record worker liveness", exc_info=True)
+        if _stop.wait(EVERY_S):
+            break
+    try:
+        with sessions.begin() as session:
+            worker_stopped(session, name)
+    except Exception:
+        log.warning("could not record worker shutdown", exc_info=True)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]
+def _start(sender: Any = None, **_: Any) -> None:
+    from worker.celery_app import settings
+
+    name = settings.worker_name or str(getattr(sender, "hostname", None) or socket.gethostname())
+    threading.Thread(target=_loop, args=(settings, name), name="lth-liveness", daemon=True).start()
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _shutdown(**_: Any) -> None:
+    _stop.set()
