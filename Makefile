@@ -36,6 +36,9 @@ e2e: install
 test: lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+demo: install
+	$(VENV)/bin/lth demo
+
 bench: install
 	$(PY) -m bench.throughput
 	$(PY) -m bench.lenet_fashion_mnist

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None,
         description="Celery broker URL (`redis://host:6379/0`); unset means the embedded broker "
-        "chosen by the worker package.",
+        "(kombu's filesystem transport under `<home>/broker`), for one machine.",
     )
     artifact_root: Path = Field(
         default_factory=lambda data: data["home"] / "artifacts",
@@ -78,10 +78,6 @@ class Settings(BaseSettings):
     allow_download: bool = Field(
         default=False,
         description="Whether workers may download `torchvision://` datasets from the internet.",
-    )
-    webhook_allowlist: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Comma-separated host names webhooks may be sent to; empty disables them.",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port the HTTP server binds to.")
@@ -136,11 +132,6 @@ class Settings(BaseSettings):
     @classmethod
     def _split_paths(cls, value: Any) -> Any:
         return _split(value, ":")
-
-    @field_validator("webhook_allowlist", mode="before")
-    @classmethod
-    def _split_hosts(cls, value: Any) -> Any:
-        return _split(value, ",")
 
     @field_validator("artifact_root", mode="after")
     @classmethod
