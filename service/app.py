@@ -22,6 +22,7 @@ from service.routes import reports as report_routes
 from service.settings import Settings
 from service.state import Enqueue, ReadinessCheck, ServiceState, state_of
 from store.db import make_engine, make_sessionmaker, migrate
+from store.events import recent_round_durations
 from store.jobs import count_jobs_by_status
 from store.tenants import ensure_tenant
 
@@ -80,12 +81,16 @@ def create_app(
         with sessions() as session:
             return count_jobs_by_status(session)
 
+    def round_durations() -> list[float]:
+        with sessions() as session:
+            return recent_round_durations(session)
+
     state = ServiceState(
         settings=settings,
         engine=engine,
         sessions=sessions,
         enqueue=enqueue,
-        metrics=Metrics(count_by_status),
+        metrics=Metrics(count_by_status, round_durations),
         readiness_checks={
             "database": database_check(engine),
             "broker": broker_check(settings.broker_url),

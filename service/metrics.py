@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,12 +41,61 @@ class JobsCollector(Collector):
         yield jobs
 
 
+class RoundsCollector(Collector):
+    """``lth_round_duration_seconds``: a histogram of recent rounds' wall time (ticket and
+    controls), read from the store's round events so every API replica reports the same."""
+
+    BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600, 48 * 3600)
+
+    def __init__(self, durations: Callable[[], list[float]]) -> None:
+        self._durations = durations
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            durations = self._durations()
+        except Exception:
+            log.exception("reading round durations for /metrics failed")
+            return
+        buckets = [
+            (str(float(bound)), sum(d <= bound for d in durations)) for bound in self.BUCKETS
+        ]
+        buckets.append(("+Inf", len(durations)))
+        yield HistogramMetricFamily(
+            "lth_round_duration_seconds",
+            "Wall time of recently finished pruning rounds (ticket and its controls).",
+            buckets=buckets,
+            sum_value=sum(durations),
+        )
+
+
+class QueueCollector(Collector):
+    """``lth_queue_depth``: jobs waiting for a worker (the store's view, the source of truth)."""
+
+    def __init__(self, count_by_status: Callable[[], dict[str, int]]) -> None:
+        self._count = count_by_status
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            queued = self._count().get("queued", 0)
+        except Exception:
+            return
+        depth = GaugeMetricFamily("lth_queue_depth", "Jobs queued and not yet taken by a worker.")
+        depth.add_metric([], queued)
+        yield depth
+
+
 class Metrics:
     """One registry per app, so several apps (tests) never collide on global metric names."""
 
-    def __init__(self, count_by_status: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        count_by_status: Callable[[], dict[str, int]],
+        round_durations: Callable[[], list[float]] = list,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(JobsCollector(count_by_status))
+        self.registry.register(QueueCollector(count_by_status))
+        self.registry.register(RoundsCollector(round_durations))
         self.http_latency = Histogram(
             "lth_http_request_duration_seconds",
             "HTTP request latency until the response is complete, by route template.",

@@ -76,6 +76,12 @@ def test_a_job_runs_end_to_end_with_progress_events_and_artifacts(
         for entry in manifest["artifacts"]:
             assert by_name[entry["name"]] == entry["sha256"]
 
+        metrics = client.get("/metrics").text
+        assert 'lth_jobs{status="succeeded"} 1.0' in metrics
+        assert "lth_queue_depth 0.0" in metrics
+        assert "lth_round_duration_seconds_count 3.0" in metrics
+        assert 'lth_http_request_duration_seconds_count{method="POST",route="/v1/jobs"' in metrics
+
     # Another tenant sees nothing of it.
     with production.client(production.key("tenant-b")) as other:
         assert other.get(f"/v1/jobs/{job['id']}").status_code == 404

@@ -270,6 +270,7 @@ class IMPRun:
             "density": result.density,
             "remaining_weights": float(result.remaining_weights),
             "accuracy": ticket.accuracy,
+            "wall_time_s": ticket.wall_time_s + sum(c.wall_time_s for c in controls.values()),
             **{f"{name}_accuracy": c.accuracy for name, c in controls.items()},
         }
         self._emit(k, TICKET, plan.end, plan, metrics, event="round_done")

@@ -99,7 +99,7 @@ def accuracy_axes(ax: Axes, view: RunView) -> None:
     when = "at early stopping" if _has_validation(view) else "at the end of training"
     ax.set_ylabel(f"test accuracy {when} (%)")
     ax.set_title("Accuracy as the network is pruned")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")
 
 
 def early_stop_axes(ax: Axes, view: RunView) -> None:
