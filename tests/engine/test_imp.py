@@ -287,3 +287,24 @@ def test_same_spec_and_seed_give_identical_results(tmp_path: Path) -> None:
     assert without_times(read_json(RunPaths(tmp_path / "a").rounds)) == without_times(
         read_json(RunPaths(tmp_path / "b").rounds)
     )
+
+
+def test_starting_weights_are_the_users(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from worker.engine.models import build_model
+
+    torch.manual_seed(123)
+    spec = make_spec(pruning={"rounds": 1})
+    theirs = build_model(spec.model, (1, 6, 6), 4).state_dict()
+    weights = tmp_path / "data" / "mine.safetensors"
+    weights.parent.mkdir()
+    save_file({k: v.contiguous() for k, v in theirs.items()}, str(weights))
+    spec = make_spec(model={"arch": "mlp", "hidden_sizes": [24, 16], "weights": str(weights)})
+    run(spec, tmp_path / "out", DataConfig(roots=(weights.parent,)))
+    assert_same_tensors(load_tensors(RunPaths(tmp_path / "out").init), theirs)
+
+    from worker.engine.errors import DataError
+
+    with pytest.raises(DataError, match=r"mine\.safetensors"):
+        IMPRun(spec, tmp_path / "elsewhere", DataConfig(roots=(tmp_path / "nowhere",)))
