@@ -68,7 +68,14 @@ def test_api_and_workers_share_one_home_volume_and_run_lth_commands() -> None:
         assert artifact_root.startswith(home + "/")
     assert len(set(mounts.values())) == 1
     assert next(iter(mounts.values())) in data["volumes"]
-    assert services["api"]["command"][1:] == ["serve", "--no-worker", "--host", "0.0.0.0", "--port", "8000"]
+    assert services["api"]["command"][1:] == [
+        "serve",
+        "--no-worker",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+    ]
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
     assert services["worker"]["command"] == ["lth", "worker", "--gpu", gpu["device_ids"][0]]
