@@ -331,6 +331,23 @@ class JobSpec(_Strict):
     labels: dict[str, str] = Field(
         default_factory=dict, description="Free-form labels to filter jobs by."
     )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2000,
+        description="Called (POST, signed as Standard Webhooks) when the job succeeds, fails or "
+        "is cancelled. Its host must be in the service's webhook allowlist. Default: none.",
+        examples=["https://ci.example.com/hooks/lth"],
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"webhook_url must be an http(s) URL with a host, not {url!r}")
+        return url
 
     @model_validator(mode="after")
     def _rewind_within_training(self) -> JobSpec:

@@ -18,6 +18,7 @@ from api_schemas.steps import StepCount
 from service.settings import Settings
 from store.datasets import dataset_id_from_uri, get_dataset
 from store.tables import Tenant
+from store.webhooks import host_allowed
 
 FILE_SCHEMES = ("idx", "npz", "safetensors", "imagefolder")
 
@@ -86,6 +87,10 @@ def check_spec(
         problem = path_error(raw, settings)
         if problem:
             errors.append(FieldError(loc="model.weights", msg=problem, type="path_not_allowed"))
+    if spec.webhook_url is not None:
+        problem = webhook_error(spec.webhook_url, settings)
+        if problem:
+            errors.append(FieldError(loc="webhook_url", msg=problem, type="webhook_not_allowed"))
     total = total_iterations(spec)
     if total is not None and total > settings.max_steps_per_job:
         errors.append(
@@ -97,3 +102,13 @@ def check_spec(
             )
         )
     return errors
+
+
+def webhook_error(url: str, settings: Settings) -> str | None:
+    """Why this service will not call ``url``, or None."""
+    if settings.webhook_secret is None or not settings.webhook_allowlist:
+        return "this service sends no webhooks (LTH_WEBHOOK_SECRET and LTH_WEBHOOK_ALLOWLIST unset)"
+    if not host_allowed(url, settings.webhook_allowlist):
+        hosts = ", ".join(settings.webhook_allowlist)
+        return f"webhooks may only go to these hosts: {hosts}"
+    return None

@@ -79,6 +79,19 @@ class Settings(BaseSettings):
         default=False,
         description="Whether workers may download `torchvision://` datasets from the internet.",
     )
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names a job's `webhook_url` may point to; empty "
+        "refuses every webhook.",
+    )
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Signing secret of completion webhooks (Standard Webhooks, `whsec_` + "
+        "base64); webhooks are refused while unset.",
+    )
+    webhook_attempts: int = Field(
+        default=5, ge=1, le=20, description="Deliveries tried per webhook (backoff 1, 2, 4 … s)."
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds to.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port the HTTP server binds to.")
     migrate_on_start: bool = Field(
@@ -132,6 +145,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_paths(cls, value: Any) -> Any:
         return _split(value, ":")
+
+    @field_validator("webhook_allowlist", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        return _split(value, ",")
 
     @field_validator("artifact_root", mode="after")
     @classmethod

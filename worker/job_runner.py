@@ -30,6 +30,7 @@ from store import events as store_events
 from store import jobs as store_jobs
 from store.datasets import resolve_dataset_uri
 from store.settings import Settings
+from store.webhooks import notify_completion
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +251,5 @@ class JobRunner:
                 session, job_id, status, attempt=attempt, result=result, error=error
             )
         log.info("job %s: %s%s", job_id, status, "" if done else " (already final)")
+        if done:
+            notify_completion(self.sessions, job_id, self.settings)

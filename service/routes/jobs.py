@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response
 from pydantic import TypeAdapter, ValidationError
 
 from api_schemas.jobs import Job, JobList, JobStatus
@@ -23,6 +23,7 @@ from store import jobs as job_store
 from store.errors import IdempotencyConflictError, InvalidCursorError, TooManyActiveJobsError
 from store.events import add_event
 from store.tables import JobRow, Tenant
+from store.webhooks import notify_completion
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -208,11 +209,20 @@ def get_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentT
     "its worker stops at the next heartbeat. A finished job answers 409.",
     responses=problems(401, 404, 409),
 )
-def cancel_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentTenant) -> Job:
+def cancel_job(
+    request: Request,
+    job_id: str,
+    session: SessionDep,
+    tenant: CurrentTenant,
+    state: StateDep,
+    background: BackgroundTasks,
+) -> Job:
     outcome = job_store.request_cancel(session, tenant.id, job_id)
     if outcome is None:
         raise not_found("job")
     session.commit()
+    if outcome.outcome == "cancelled":  # never reached a worker: the API sends its webhook
+        background.add_task(notify_completion, state.sessions, job_id, state.settings)
     if outcome.outcome == "terminal":
         raise ProblemError(
             409, f"The job already finished ({outcome.job.status}).", kind="job-finished"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.deployments import LTH, Deployment, base_env, free_port
+from tests.e2e.deployments import LTH, WEBHOOK_SECRET, Deployment, base_env, free_port
 
 
 @pytest.fixture
@@ -22,6 +22,8 @@ def production(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[De
         "LTH_DATABASE_URL": postgres_url,
         "LTH_BROKER_URL": broker,
         "LTH_AUTH": "enabled",
+        "LTH_WEBHOOK_ALLOWLIST": "127.0.0.1",
+        "LTH_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
     deployment = Deployment(url=f"http://127.0.0.1:{port}", env=env, home=tmp_path)
     deployment.start("api", LTH, "serve", "--no-worker")

@@ -21,6 +21,7 @@ import httpx
 
 LTH = str(Path(sys.executable).parent / "lth")
 TERMINAL = {"succeeded", "failed", "cancelled"}
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 #: A few seconds of real training: 4 classes of 6x6 synthetic images, a small MLP.
 SMALL_SPEC: dict[str, Any] = {

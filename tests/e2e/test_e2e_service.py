@@ -208,3 +208,29 @@ def test_the_embedded_service_restarts_its_worker_and_resumes_the_job(
         done = wait_for(client, job["id"], TERMINAL, timeout=180)
         assert done["status"] == "succeeded", (done, embedded.log_tail())
         assert done["attempt"] == 2
+
+
+def test_completion_webhooks_are_signed_and_restricted(production: Deployment) -> None:
+    from tests.store.test_store_webhooks import Receiver, verify
+
+    receiver = Receiver([503])  # the first delivery fails: the worker retries
+    try:
+        with production.client(production.key("tenant-a")) as client:
+            refused = client.post(
+                "/v1/jobs", json={**SMALL_SPEC, "webhook_url": "http://10.0.0.1/hook"}
+            )
+            assert refused.status_code == 422
+            assert refused.json()["errors"][0]["loc"] == "webhook_url"
+
+            job = submit(client, {**SMALL_SPEC, "webhook_url": receiver.url})
+            assert wait_for(client, job["id"], TERMINAL)["status"] == "succeeded"
+            deadline = time.monotonic() + 30
+            while len(receiver.requests) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            headers, body = receiver.requests[-1]
+            assert verify(headers, body)
+            sent = json.loads(body)
+            assert sent["type"] == "job.succeeded" and sent["data"]["id"] == job["id"]
+            assert sent["data"]["result"]["ticket_round"] >= 0
+    finally:
+        receiver.server.shutdown()
