@@ -276,8 +276,8 @@ class PruningSpec(_Strict):
     )
     max_accuracy_drop: Fraction | None = Field(
         default=None,
-        description="Stop after a round whose accuracy is more than this (a fraction, 0.02 = 2 "
-        "points) below the dense net's.",
+        description="Stop after a round whose accuracy (validation when held out, else test) is "
+        "more than this (a fraction, 0.02 = 2 points) below the dense net's.",
     )
     rewind_to: Step = Field(
         default="0it",

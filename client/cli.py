@@ -15,6 +15,10 @@ COMMANDS: dict[str, str] = {
     "serve": "service.cli:serve",
     "keys": "service.cli:keys",
     "demo": "client.demo:demo",
+    "submit": "client.commands.submit:submit",
+    "jobs": "client.commands.jobs:jobs",
+    "datasets": "client.commands.datasets:datasets",
+    "models": "client.commands.models:models",
 }
 
 

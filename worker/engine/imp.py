@@ -181,7 +181,8 @@ class IMPRun:
             return None
         if pruning.target_density is not None and last.density <= pruning.target_density:
             return f"reached target density {pruning.target_density}"
-        drop = results[0].ticket.accuracy - last.ticket.accuracy
+        # Judged like the winning ticket: on validation accuracy when a split is held out.
+        drop = results[0].ticket.selection_accuracy - last.ticket.selection_accuracy
         if pruning.max_accuracy_drop is not None and drop > pruning.max_accuracy_drop:
             limit = pruning.max_accuracy_drop
             return f"accuracy fell {drop:.4f} below the dense net's (limit {limit})"
