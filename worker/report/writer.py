@@ -7,12 +7,6 @@ import tempfile
 from pathlib import Path
 
 from worker.report.data import RunView, load_run
-from worker.report.figures import (
-    curves_figure,
-    layer_density_figure,
-    png,
-    summary_figure,
-)
 from worker.report.page import render_page
 
 
@@ -44,6 +38,9 @@ def write_report(run_dir: Path, *, stem: str = "report") -> tuple[Path, Path]:
     Works mid-run from ``rounds.json`` alone; raises :class:`~worker.report.ReportError` when no
     round has finished. Returns (html path, png path).
     """
+    # matplotlib loads on the first report, not when the API server starts.
+    from worker.report.figures import curves_figure, layer_density_figure, png, summary_figure
+
     view = load_run(run_dir)
     summary_png = png(summary_figure(view, _title(view)))
     figures = [
