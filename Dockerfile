@@ -21,6 +21,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
 COPY pyproject.toml README.md ./
 COPY api_schemas ./api_schemas
 COPY store ./store
+COPY reports ./reports
 COPY service ./service
 COPY worker ./worker
 COPY client ./client

@@ -84,7 +84,7 @@ def test_api_and_workers_share_one_home_volume_and_run_lth_commands() -> None:
 def test_dockerfile_installs_the_project_and_runs_the_api() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "ARG BASE_IMAGE=" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
-    for package in ("api_schemas", "store", "service", "worker", "client"):
+    for package in ("api_schemas", "store", "reports", "service", "worker", "client"):
         assert f"COPY {package} ./{package}" in dockerfile
     assert 'CMD ["lth", "serve", "--no-worker"' in dockerfile
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api_schemas.jobs import JobError, JobResult
 from api_schemas.jobs import Progress as JobProgress
 from api_schemas.spec import JobSpec
+from reports import write_report
 from store import events as store_events
 from store import jobs as store_jobs
 from store.datasets import resolve_dataset_uri
@@ -152,9 +153,20 @@ class JobRunner:
                 )
             self._finish(job_id, attempt, "failed", error=error)
             return "failed"
+        self._write_report(job_id)
         self._beat(job_id, attempt, shared)  # the final progress, before the final state
         self._finish(job_id, attempt, "succeeded", result=JobResult.from_summary(summary))
         return "succeeded"
+
+    def _write_report(self, job_id: str) -> None:
+        """The HTML and PNG report as artifacts; a failure here must not fail the job."""
+        try:
+            write_report(self.settings.artifact_root / job_id)
+        except Exception as exc:
+            log.warning("job %s: report not written", job_id, exc_info=True)
+            with self.sessions.begin() as session:
+                message = f"the report could not be drawn ({type(exc).__name__})"
+                store_events.add_event(session, job_id, "warning", {"message": message})
 
     def _check_limits(self, run: Any, parameters: int) -> None:
         from worker.engine.errors import SpecError

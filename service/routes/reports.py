@@ -17,12 +17,12 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from reports import ReportError, write_report
 from service.artifact_files import MANIFEST, ROUNDS
 from service.deps import CurrentTenant, SessionDep, StateDep
 from service.openapi import problems
 from service.problems import ProblemError, not_found
 from store.jobs import get_job
-from worker.report import ReportError, write_report
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 

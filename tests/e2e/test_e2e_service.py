@@ -76,6 +76,11 @@ def test_a_job_runs_end_to_end_with_progress_events_and_artifacts(
         for entry in manifest["artifacts"]:
             assert by_name[entry["name"]] == entry["sha256"]
 
+        assert {"report.html", "report.png"} <= set(by_name)  # drawn by the worker
+        report = client.get(f"/v1/jobs/{job['id']}/report")
+        assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+        assert report.content == client.get(f"/v1/jobs/{job['id']}/artifacts/report.html").content
+
         metrics = client.get("/metrics").text
         assert 'lth_jobs{status="succeeded"} 1.0' in metrics
         assert "lth_queue_depth 0.0" in metrics

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from worker.report import ReportError, write_report
+from reports import ReportError, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: Hosts Chromium itself calls (clock, component updates, accounts) whatever the page holds.
@@ -165,7 +165,7 @@ def test_writes_html_and_png(run_copy: Path) -> None:
 def test_report_reads_json_only(run_copy: Path) -> None:
     """No torch, no engine: the API process can draw a report cheaply."""
     code = (
-        "import sys; from pathlib import Path; from worker.report import write_report; "
+        "import sys; from pathlib import Path; from reports import write_report; "
         f"write_report(Path({str(run_copy)!r})); "
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('worker.engine')]; "
         "assert not bad, bad"

@@ -412,7 +412,9 @@ class IMPRun:
 
         artifacts = []
         for path in sorted(self.paths.root.rglob("*")):
-            if path.is_file() and path.name != "manifest.json" and not path.name.startswith("."):
+            # Reports are drawn after the run by whoever wraps the engine; they are not its own.
+            own = path.name != "manifest.json" and not path.name.startswith(("report.", "."))
+            if path.is_file() and own:
                 artifacts.append(
                     {
                         "name": path.relative_to(self.paths.root).as_posix(),

@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from worker.report.data import RunView, load_run
-from worker.report.page import render_page
+from reports.data import RunView, load_run
+from reports.page import render_page
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -35,11 +35,11 @@ def _title(view: RunView) -> str:
 def write_report(run_dir: Path, *, stem: str = "report") -> tuple[Path, Path]:
     """Write ``<stem>.html`` and ``<stem>.png`` into ``run_dir`` from its JSON files.
 
-    Works mid-run from ``rounds.json`` alone; raises :class:`~worker.report.ReportError` when no
+    Works mid-run from ``rounds.json`` alone; raises :class:`~reports.ReportError` when no
     round has finished. Returns (html path, png path).
     """
     # matplotlib loads on the first report, not when the API server starts.
-    from worker.report.figures import curves_figure, layer_density_figure, png, summary_figure
+    from reports.figures import curves_figure, layer_density_figure, png, summary_figure
 
     view = load_run(run_dir)
     summary_png = png(summary_figure(view, _title(view)))

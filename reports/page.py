@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from html import escape
 
 from api_schemas.results import RoundResult, VariantResult
-from worker.report.data import RunView
+from reports.data import RunView
 
 CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "

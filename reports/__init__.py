@@ -2,7 +2,7 @@
 ``write_report(run_dir)`` writes a self-contained ``report.html`` and the ``report.png`` summary.
 """
 
-from worker.report.data import ReportError
-from worker.report.writer import write_report
+from reports.data import ReportError
+from reports.writer import write_report
 
 __all__ = ["ReportError", "write_report"]

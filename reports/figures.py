@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from api_schemas.results import RoundResult, VariantResult
-from worker.report.data import RunView
+from reports.data import RunView
 
 COLORS = {"ticket": "#1f5fa8", "random_reinit": "#d0602c", "random_prune": "#3a8a3a"}
 LABELS = {
