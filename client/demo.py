@@ -21,6 +21,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from api_schemas.examples import minimal_spec
 from api_schemas.results import RoundResult
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -35,26 +36,9 @@ def demo_spec(steps: str) -> dict[str, Any]:
             "uri": "synthetic://?classes=10&shape=1,28,28&train=6000&test=1000&noise=1.0",
             "validation_size": 1000,
         }
-    return {
-        "name": "demo: LeNet-300-100",
-        "model": {"arch": "lenet_300_100"},
-        "dataset": dataset,
-        "training": {
-            "optimizer": "adam",
-            "lr": 0.0012,
-            "batch_size": 60,
-            "steps": steps,
-            "eval_every": "100it",
-        },
-        "pruning": {
-            "strategy": "layerwise",
-            "rounds": 2,
-            "rewind_to": "0it",
-            "controls": ["random_reinit"],
-        },
-        "seed": 0,
-        "labels": {"purpose": "demo"},
-    }
+    spec = minimal_spec(dataset=dataset, name="demo: LeNet-300-100", labels={"purpose": "demo"})
+    spec["training"]["steps"] = steps
+    return spec
 
 
 def _free_port() -> int:

@@ -5,27 +5,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from api_schemas.examples import minimal_spec
 from api_schemas.spec import JobSpec
 from api_schemas.steps import StepCount, to_iterations
 
-MINIMAL = {
-    "model": {"arch": "lenet_300_100"},
-    "dataset": {"uri": "idx:///usr/share/datasets/fashion-mnist", "validation_size": 5000},
-    "training": {
-        "optimizer": "adam",
-        "lr": 0.0012,
-        "batch_size": 60,
-        "steps": "300it",
-        "eval_every": "100it",
-    },
-    "pruning": {
-        "strategy": "layerwise",
-        "rounds": 2,
-        "rewind_to": "0it",
-        "controls": ["random_reinit"],
-    },
-    "seed": 0,
-}
+MINIMAL = minimal_spec()
 
 
 def errors_of(data: dict[str, object]) -> dict[str, str]:

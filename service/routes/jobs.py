@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response
 from pydantic import TypeAdapter, ValidationError
 
+from api_schemas.examples import MINIMAL_SPEC
 from api_schemas.jobs import Job, JobList, JobStatus
 from api_schemas.problem import FieldError
 from api_schemas.results import RoundResult
@@ -28,24 +29,7 @@ from store.webhooks import notify_completion
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-MINIMAL_SPEC: dict[str, Any] = {
-    "model": {"arch": "lenet_300_100"},
-    "dataset": {"uri": "idx:///usr/share/datasets/fashion-mnist", "validation_size": 5000},
-    "training": {
-        "optimizer": "adam",
-        "lr": 0.0012,
-        "batch_size": 60,
-        "steps": "300it",
-        "eval_every": "100it",
-    },
-    "pruning": {
-        "strategy": "layerwise",
-        "rounds": 2,
-        "rewind_to": "0it",
-        "controls": ["random_reinit"],
-    },
-    "seed": 0,
-}
+
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,100}$")
 _rounds_adapter = TypeAdapter(list[RoundResult])
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from safetensors.torch import load
 
+from api_schemas.examples import minimal_spec
 from tests.e2e.deployments import SMALL_SPEC, TERMINAL, Deployment, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -160,24 +161,7 @@ def test_a_job_failing_in_the_worker_reports_why(production: Deployment) -> None
 def test_the_embedded_default_runs_the_minimal_spec_as_posted(
     embedded: Deployment, fashion_mnist_dir: Any
 ) -> None:
-    minimal = {
-        "model": {"arch": "lenet_300_100"},
-        "dataset": {"uri": f"idx://{fashion_mnist_dir}", "validation_size": 5000},
-        "training": {
-            "optimizer": "adam",
-            "lr": 0.0012,
-            "batch_size": 60,
-            "steps": "300it",
-            "eval_every": "100it",
-        },
-        "pruning": {
-            "strategy": "layerwise",
-            "rounds": 2,
-            "rewind_to": "0it",
-            "controls": ["random_reinit"],
-        },
-        "seed": 0,
-    }
+    minimal = minimal_spec(dataset={"uri": f"idx://{fashion_mnist_dir}", "validation_size": 5000})
     with embedded.client() as client:
         job = submit(client, minimal)
         done = wait_for(client, job["id"], TERMINAL, timeout=180)

@@ -9,28 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from api_schemas.examples import minimal_spec
 from api_schemas.results import RoundResult
 from worker.engine.artifacts import load_ticket, verify
 
 LTH = str(Path(sys.executable).parent / "lth")
-MINIMAL = {
-    "model": {"arch": "lenet_300_100"},
-    "dataset": {"uri": "idx:///usr/share/datasets/fashion-mnist", "validation_size": 5000},
-    "training": {
-        "optimizer": "adam",
-        "lr": 0.0012,
-        "batch_size": 60,
-        "steps": "300it",
-        "eval_every": "100it",
-    },
-    "pruning": {
-        "strategy": "layerwise",
-        "rounds": 2,
-        "rewind_to": "0it",
-        "controls": ["random_reinit"],
-    },
-    "seed": 0,
-}
+MINIMAL = minimal_spec()
 
 
 def lth(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -22,29 +22,13 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from api_schemas.examples import minimal_spec
 from service.app import create_app
 from service.settings import Settings
 from store.db import make_engine, make_sessionmaker
 from store.tenants import create_api_key
 
-MINIMAL_SPEC: dict[str, Any] = {
-    "model": {"arch": "lenet_300_100"},
-    "dataset": {"uri": "idx:///usr/share/datasets/fashion-mnist", "validation_size": 5000},
-    "training": {
-        "optimizer": "adam",
-        "lr": 0.0012,
-        "batch_size": 60,
-        "steps": "300it",
-        "eval_every": "100it",
-    },
-    "pruning": {
-        "strategy": "layerwise",
-        "rounds": 2,
-        "rewind_to": "0it",
-        "controls": ["random_reinit"],
-    },
-    "seed": 0,
-}
+MINIMAL_SPEC: dict[str, Any] = minimal_spec()
 
 
 @dataclass
