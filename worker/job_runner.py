@@ -29,7 +29,7 @@ from api_schemas.spec import JobSpec
 from reports import write_report
 from store import events as store_events
 from store import jobs as store_jobs
-from store.datasets import resolve_dataset_uri
+from store.datasets import get_dataset
 from store.settings import Settings
 from store.webhooks import notify_completion
 
@@ -187,12 +187,12 @@ class JobRunner:
         from worker.engine.data import DataConfig
         from worker.engine.errors import DataError
 
-        def upload(uri: str) -> Path:
+        def upload(dataset_id: str) -> Path:
             with self.sessions() as session:
-                path = resolve_dataset_uri(session, tenant_id, uri)
-            if path is None:
-                raise DataError(f"{uri} is not one of your uploaded datasets")
-            return path
+                row = get_dataset(session, tenant_id, dataset_id)
+            if row is None:  # deleted since submission, or never the tenant's
+                raise DataError(f"dataset://{dataset_id} is not one of your uploaded datasets")
+            return Path(row.path)
 
         return DataConfig(
             roots=tuple(self.settings.data_roots),

@@ -114,6 +114,8 @@ def create_job(
             f"You have {exc.active} queued or running jobs; the limit is {exc.limit}. "
             "Wait for one to finish or cancel one.",
             kind="too-many-active-jobs",
+            # A hint, not a promise: jobs take minutes, so polling faster only adds load.
+            headers={"Retry-After": "30"},
             limit=exc.limit,
         ) from exc
     session.commit()

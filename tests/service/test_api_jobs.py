@@ -208,7 +208,9 @@ def test_concurrency_cap(live: Any, spec: Spec, expect_problem: ProblemCheck) ->
     limit = live.settings.max_concurrent_jobs_per_tenant
     with live.tenant_client() as client, live.tenant_client() as other:
         ids = [client.post("/v1/jobs", json=spec).json()["id"] for _ in range(limit)]
-        body = expect_problem(client.post("/v1/jobs", json=spec), 429)
+        refused = client.post("/v1/jobs", json=spec)
+        assert refused.headers["retry-after"] == "30"
+        body = expect_problem(refused, 429)
         assert body["type"] == "urn:lth:problem:too-many-active-jobs" and body["limit"] == limit
         assert other.post("/v1/jobs", json=spec).status_code == 202  # caps are per tenant
         assert client.post(f"/v1/jobs/{ids[0]}/cancel").status_code == 200
