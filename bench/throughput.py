@@ -165,6 +165,7 @@ def plot(rates: dict[str, float], path: Path) -> None:
     )
     for i, name in enumerate(names):
         ax.text(rates[name], i, f" {rates[name]:.0f}", va="center")
+    ax.set_xlim(0, max(rates.values()) * 1.15)
     ax.set_xlabel("training steps / s (LeNet-300-100, Fashion-MNIST, batch 60, CPU)")
     ax.invert_yaxis()
     fig.tight_layout()
