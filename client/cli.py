@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "client.commands.jobs:jobs",
     "datasets": "client.commands.datasets:datasets",
     "models": "client.commands.models:models",
+    "report": "client.commands.report:report",
 }
 
 

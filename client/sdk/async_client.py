@@ -283,6 +283,11 @@ class AsyncClient:
         """Delete a dataset."""
         await self._call(calls.delete_dataset(dataset_id))
 
+    async def download_report(self, job_id: str, dest_dir: Path) -> dict[str, Path]:
+        """Save the job's report (``report.html`` and ``report.png``) into ``dest_dir``."""
+        files = {name: await self._call(calls.report(job_id, name)) for name in calls.REPORT_FILES}
+        return calls.save_report(dest_dir, files)
+
     async def list_models(self) -> list[ModelInfo]:
         """The built-in architectures."""
         return (await self._call(calls.list_models())).data

@@ -267,3 +267,30 @@ def delete_dataset(dataset_id: str) -> Call[None]:
 def list_models() -> Call[ModelList]:
     """GET /v1/models."""
     return Call(Request("GET", "/v1/models"), _model(ModelList))
+
+
+# ------------------------------------------------------------------------------------- reports
+
+REPORT_FILES = {"report.html": "/report", "report.png": "/report.png"}
+
+
+def _bytes(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def report(job_id: str, name: str) -> Call[bytes]:
+    """GET /v1/jobs/{id}/report (``report.html``) or /report.png: drawn from the rounds so far."""
+    return Call(Request("GET", f"/v1/jobs/{segment(job_id)}{REPORT_FILES[name]}"), _bytes)
+
+
+def save_report(dest_dir: Path, files: Mapping[str, bytes]) -> dict[str, Path]:
+    """Write the report files into ``dest_dir`` atomically; returns their paths by name."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    saved = {}
+    for name, content in files.items():
+        path = dest_dir / name
+        partial = path.with_name(f".{name}.part")
+        partial.write_bytes(content)
+        partial.replace(path)
+        saved[name] = path
+    return saved

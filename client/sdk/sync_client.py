@@ -280,6 +280,12 @@ class Client:
         """Delete a dataset (queued jobs using it will fail)."""
         self._call(calls.delete_dataset(dataset_id))
 
+    def download_report(self, job_id: str, dest_dir: Path) -> dict[str, Path]:
+        """Save the job's report (``report.html``, self-contained, and ``report.png``) into
+        ``dest_dir``; mid-run it shows the rounds finished so far."""
+        files = {name: self._call(calls.report(job_id, name)) for name in calls.REPORT_FILES}
+        return calls.save_report(dest_dir, files)
+
     def list_models(self) -> list[ModelInfo]:
         """The built-in architectures ``model.arch`` accepts."""
         return self._call(calls.list_models()).data

@@ -84,6 +84,15 @@ def test_submit_wait_download_and_inspect(
     assert models.returncode == 0 and "lenet_300_100" in [m["name"] for m in parse(models)]
     assert "lenet_300_100" in server.cli("models").stdout
 
+    report = server.cli("report", job["id"], "--out", str(tmp_path / "report"), "--json")
+    assert report.returncode == 0, report.stderr
+    saved = {name: Path(path) for name, path in parse(report).items()}
+    assert set(saved) == {"report.html", "report.png"}
+    assert saved["report.png"].read_bytes().startswith(b"\x89PNG")
+    page = saved["report.html"].read_text()
+    assert "<table" in page and "data:image/png;base64," in page
+    assert server.cli("report", "job_nope", "--out", str(tmp_path)).returncode == ExitCode.NOT_FOUND
+
 
 def test_datasets_commands(server: Server, tmp_path: Path) -> None:
     import numpy as np
