@@ -9,10 +9,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.problems import ProblemError
+from service.problems import ProblemError, not_found
 from service.settings import Settings
 from service.state import ServiceState, get_state
-from store.tables import Tenant
+from store.jobs import get_job
+from store.tables import JobRow, Tenant
 from store.tenants import tenant_for_api_key
 
 _bearer = HTTPBearer(
@@ -63,3 +64,11 @@ def _current_tenant(
 
 
 CurrentTenant = Annotated[Tenant, Depends(_current_tenant)]
+
+
+def owned_job(session: Session, tenant: Tenant, job_id: str) -> JobRow:
+    """The tenant's job, or a 404 problem: another tenant's job is exactly like a missing one."""
+    job = get_job(session, tenant.id, job_id)
+    if job is None:
+        raise not_found("job")
+    return job

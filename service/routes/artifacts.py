@@ -11,10 +11,9 @@ from starlette.types import Receive, Scope, Send
 
 from api_schemas.jobs import Artifact, ArtifactList
 from service.artifact_files import ArtifactFile, find_artifact, list_artifacts
-from service.deps import CurrentTenant, SessionDep, StateDep
+from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import problems
 from service.problems import not_found, problem_response
-from store.jobs import get_job
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
@@ -77,9 +76,7 @@ def _view(request: Request, job_id: str, artifact: ArtifactFile) -> Artifact:
 def list_job_artifacts(
     request: Request, job_id: str, tenant: CurrentTenant, state: StateDep, session: SessionDep
 ) -> ArtifactList:
-    job = get_job(session, tenant.id, job_id)
-    if job is None:
-        raise not_found("job")
+    job = owned_job(session, tenant, job_id)
     session.close()
     files = list_artifacts(state.settings.artifact_root / job.id)
     return ArtifactList(data=[_view(request, job.id, artifact) for artifact in files])
@@ -110,9 +107,7 @@ def download_artifact(
     if_none_match: Annotated[str | None, Header(include_in_schema=False)] = None,
     range_: Annotated[str | None, Header(alias="range", include_in_schema=False)] = None,
 ) -> Response:
-    job = get_job(session, tenant.id, job_id)
-    if job is None:
-        raise not_found("job")
+    job = owned_job(session, tenant, job_id)
     session.close()
     artifact = find_artifact(state.settings.artifact_root / job.id, name)
     if artifact is None:

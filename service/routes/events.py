@@ -16,12 +16,11 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas.jobs import TERMINAL_STATUSES, EventList
-from service.deps import CurrentTenant, SessionDep, StateDep
+from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import problems
-from service.problems import not_found
 from service.views import event_view
 from store.events import list_events
-from store.jobs import get_job, load_job
+from store.jobs import load_job
 
 router = APIRouter(prefix="/v1", tags=["events"])
 
@@ -106,8 +105,7 @@ def list_job_events(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> EventList | StreamingResponse:
-    if get_job(session, tenant.id, job_id) is None:
-        raise not_found("job")
+    owned_job(session, tenant, job_id)
     if accept is not None and SSE_MEDIA_TYPE in accept:
         session.close()
         start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after

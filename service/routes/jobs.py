@@ -16,14 +16,13 @@ from api_schemas.results import RoundResult
 from api_schemas.spec import JobSpec
 from service.admission import check_spec
 from service.artifact_files import read_rounds
-from service.deps import CurrentTenant, SessionDep, StateDep
+from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import problems
 from service.problems import ProblemError, not_found, validation_problem
 from service.views import job_view
 from store import jobs as job_store
 from store.errors import IdempotencyConflictError, InvalidCursorError, TooManyActiveJobsError
 from store.events import add_event
-from store.tables import JobRow, Tenant
 from store.webhooks import notify_completion
 
 log = logging.getLogger(__name__)
@@ -32,13 +31,6 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,100}$")
 _rounds_adapter = TypeAdapter(list[RoundResult])
-
-
-def _owned_job(session: SessionDep, tenant: Tenant, job_id: str) -> JobRow:
-    job = job_store.get_job(session, tenant.id, job_id)
-    if job is None:
-        raise not_found("job")
-    return job
 
 
 def _enqueue(state: StateDep, job_id: str) -> None:
@@ -184,7 +176,7 @@ def list_jobs(
 
 @router.get("/jobs/{job_id}", name="get_job", summary="Get a job", responses=problems(401, 404))
 def get_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentTenant) -> Job:
-    return job_view(_owned_job(session, tenant, job_id), request)
+    return job_view(owned_job(session, tenant, job_id), request)
 
 
 @router.post(
@@ -227,7 +219,7 @@ def cancel_job(
 def get_rounds(
     job_id: str, session: SessionDep, tenant: CurrentTenant, state: StateDep
 ) -> list[RoundResult]:
-    job = _owned_job(session, tenant, job_id)
+    job = owned_job(session, tenant, job_id)
     session.close()
     try:
         return _rounds_adapter.validate_python(read_rounds(state.settings.artifact_root / job.id))

@@ -19,10 +19,9 @@ from starlette.responses import Response
 
 from reports import ReportError, write_report
 from service.artifact_files import MANIFEST, ROUNDS
-from service.deps import CurrentTenant, SessionDep, StateDep
+from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import problems
-from service.problems import ProblemError, not_found
-from store.jobs import get_job
+from service.problems import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
@@ -87,9 +86,7 @@ def _draw(job_dir: Path, stem: str, drawn_from: float) -> None:
 def _serve(
     tenant: CurrentTenant, state: StateDep, session: SessionDep, job_id: str, suffix: str
 ) -> Response:
-    job = get_job(session, tenant.id, job_id)
-    if job is None:
-        raise not_found("job")
+    job = owned_job(session, tenant, job_id)
     session.close()
     path = _current_report(state.settings.artifact_root / job.id, suffix)
     # Read whole (a few hundred KB): a concurrent redraw renames a new file in, never truncates.
