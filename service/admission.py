@@ -35,6 +35,8 @@ def path_error(raw: str, settings: Settings) -> str | None:
     """
     if not raw.startswith("/"):
         return f"{raw!r} is not an absolute path"
+    if "\x00" in raw:
+        return f"{raw!r} contains a NUL byte"
     path = Path(os.path.realpath(raw))
     roots = [Path(os.path.realpath(root)) for root in settings.data_roots]
     if not any(_inside(path, root) for root in roots):

@@ -7,6 +7,8 @@ the label arrays are loaded (to count classes); inputs are checked by their head
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,26 @@ class DatasetInfo:
         }
 
 
-def _num_classes(labels: np.ndarray[Any, Any]) -> int | None:
-    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
-        return None
+#: Labels are decompressed in the API process to validate them: refuse absurd declared sizes
+#: before reading (a small compressed archive can declare gigabytes).
+MAX_LABEL_BYTES = 256 * 1024 * 1024
+
+
+def _num_classes(labels: np.ndarray[Any, Any], key: str) -> int:
+    """Labels must be what the engine trains on: integer class indices from 0."""
+    if labels.size == 0:
+        raise InvalidDatasetError(f"{key} is empty: both splits need examples")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InvalidDatasetError(f"{key} must hold integer class indices, not {labels.dtype}")
+    if labels.min() < 0:
+        raise InvalidDatasetError(f"{key} holds negative labels; classes are numbered from 0")
     return int(labels.max()) + 1
+
+
+def _check_label_size(key: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size > MAX_LABEL_BYTES:
+        raise InvalidDatasetError(f"{key} declares {size:,} bytes of labels; that is not plausible")
 
 
 def _summarise(
@@ -69,10 +87,7 @@ def _summarise(
             f"x_train examples have shape {shapes['x_train'][1:]} but x_test examples "
             f"{shapes['x_test'][1:]}; they must match"
         )
-    train_classes, test_classes = _num_classes(y_train), _num_classes(y_test)
-    classes = None
-    if train_classes is not None and test_classes is not None:
-        classes = max(train_classes, test_classes)
+    classes = max(_num_classes(y_train, "y_train"), _num_classes(y_test, "y_test"))
     return DatasetInfo(
         train_size=shapes["x_train"][0],
         test_size=shapes["x_test"][0],
@@ -106,7 +121,7 @@ def inspect_npz(path: Path) -> DatasetInfo:
     """Validate an .npz archive; :class:`InvalidDatasetError` says what is wrong."""
     try:
         loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise InvalidDatasetError(f"not a readable .npz archive without pickles: {exc}") from exc
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise InvalidDatasetError("not an .npz archive (a single .npy array?)")
@@ -124,10 +139,12 @@ def inspect_npz(path: Path) -> DatasetInfo:
                         "are accepted"
                     )
                 shapes[key], dtypes[key] = shape, str(dtype)
+                if key.startswith("y_"):
+                    _check_label_size(key, shape, dtype)
             y_train, y_test = npz["y_train"], npz["y_test"]
         except InvalidDatasetError:
             raise
-        except (ValueError, OSError, KeyError, EOFError) as exc:
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise InvalidDatasetError(f"unreadable array in the archive: {exc}") from exc
     return _summarise(shapes, dtypes, y_train, y_test)
 
@@ -145,6 +162,8 @@ def inspect_safetensors(path: Path) -> DatasetInfo:
                 tensor_slice = handle.get_slice(key)
                 shapes[key] = tuple(int(n) for n in tensor_slice.get_shape())
                 dtypes[key] = str(tensor_slice.get_dtype())
+                if key.startswith("y_") and int(np.prod(shapes[key])) * 8 > MAX_LABEL_BYTES:
+                    raise InvalidDatasetError(f"{key} declares an implausible number of labels")
             y_train, y_test = handle.get_tensor("y_train"), handle.get_tensor("y_test")
     except InvalidDatasetError:
         raise

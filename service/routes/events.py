@@ -7,6 +7,7 @@ serve any job) and ends once the job is final and every event has been sent.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -100,7 +101,9 @@ def list_job_events(
     session: SessionDep,
     tenant: CurrentTenant,
     state: StateDep,
-    after: Annotated[int, Query(ge=0, description="Only events with a larger id.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="Only events with a larger id.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size (JSON only).")] = 100,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
     last_event_id: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -108,7 +111,8 @@ def list_job_events(
     owned_job(session, tenant, job_id)
     if accept is not None and SSE_MEDIA_TYPE in accept:
         session.close()
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        valid = last_event_id is not None and re.fullmatch(r"[0-9]{1,18}", last_event_id)
+        start = int(last_event_id) if valid and last_event_id else after
         return StreamingResponse(
             _stream(state.sessions, job_id, start, state.settings.sse_poll_seconds),
             media_type=SSE_MEDIA_TYPE,

@@ -130,6 +130,23 @@ def test_pickled_npz_is_rejected_unloaded(
             "x_train has 20 examples but y_train has 19",
         ),
         ("a.npz", b"not a zip file", "not a readable .npz"),
+        ("a.npz", b"PK\x03\x04" + b"x" * 200, "not a readable .npz"),
+        ("a.npz", _npz(**_good_arrays())[:-300], "not a readable .npz"),
+        (
+            "a.npz",
+            _npz(**(_good_arrays() | {"y_train": np.zeros(20, dtype=np.float32)})),
+            "y_train must hold integer class indices",
+        ),
+        (
+            "a.npz",
+            _npz(**(_good_arrays() | {"y_test": -np.ones(5, dtype=np.int64)})),
+            "y_test holds negative labels",
+        ),
+        (
+            "a.npz",
+            _npz(**(_good_arrays(test=0))),
+            "y_test is empty",
+        ),
         ("a.safetensors", b"\x00" * 64, "not a readable safetensors"),
         ("a.csv", b"1,2,3", "upload a .npz or .safetensors"),
     ],
@@ -169,3 +186,14 @@ def test_size_cap(live: Any, expect_problem: ProblemCheck) -> None:
         body = expect_problem(client.post("/v1/datasets", files={"other": ("a.npz", b"x")}), 422)
         assert body["errors"][0]["loc"] == "file"
     assert not list(live.settings.upload_root.glob("*/.upload-*"))
+
+
+def test_damaged_compressed_archive_is_a_422(live: Any, expect_problem: ProblemCheck) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **_good_arrays(train=200))
+    damaged = bytearray(buffer.getvalue())
+    for offset in range(200, len(damaged) - 200, 7):  # inside the deflate streams
+        damaged[offset] ^= 0xFF
+    with live.tenant_client() as client:
+        body = expect_problem(_upload(client, "damaged.npz", bytes(damaged)), 422)
+    assert body["errors"][0]["loc"] == "file"

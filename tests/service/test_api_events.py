@@ -78,6 +78,7 @@ def test_json_pages(live: Any, spec: dict[str, Any], expect_problem: Callable[..
         empty = client.get(job["urls"]["events"], params={"after": events[-1]["id"]}).json()
         assert empty == {"data": [], "next_cursor": None, "has_more": False}
         expect_problem(client.get(job["urls"]["events"], params={"after": -1}), 422)
+        expect_problem(client.get(job["urls"]["events"], params={"after": 2**63}), 422)
 
 
 def test_sse_follows_a_running_job_to_the_end(live: Any, spec: dict[str, Any]) -> None:
@@ -105,6 +106,16 @@ def test_sse_follows_a_running_job_to_the_end(live: Any, spec: dict[str, Any]) -
         ) as response:
             resumed = _read_sse(response)
         assert [e["id"] for e in resumed] == [e["id"] for e in events[4:]]
+
+        # A malformed Last-Event-ID is ignored (the stream starts at `after`), never a 500.
+        for bad in (b"\xb2", b"9" * 40, b"-3"):  # b"\xb2" is "²", which str.isdigit() accepts
+            with client.stream(
+                "GET",
+                job["urls"]["events"],
+                headers={"Accept": "text/event-stream", "Last-Event-ID": bad},
+            ) as response:
+                assert response.status_code == 200
+                assert [e["id"] for e in _read_sse(response)] == [e["id"] for e in events]
 
 
 def test_sse_for_another_tenant_is_404(live: Any, spec: dict[str, Any]) -> None:

@@ -168,6 +168,15 @@ def test_service_policy_is_validated_too(
         assert _first_error(client.post("/v1/jobs", json=spec), expect_problem)["loc"] == (
             "dataset.uri"
         )
+        for nul in ("idx:///usr/share/datasets/%00x", "idx:///usr/share/datasets/\x00x"):
+            spec["dataset"]["uri"] = nul
+            error = _first_error(client.post("/v1/jobs", json=spec), expect_problem)
+            assert error["loc"] == "dataset.uri" and "NUL" in error["msg"]
+        spec["dataset"]["uri"] = "idx:///usr/share/datasets/fashion-mnist"
+        spec["model"]["weights"] = "/usr/share/datasets/w\x00.safetensors"
+        error = _first_error(client.post("/v1/jobs", json=spec), expect_problem)
+        assert error["loc"] == "model.weights" and "NUL" in error["msg"]
+        del spec["model"]["weights"]
         spec["dataset"]["uri"] = "dataset://ds_00000000000000000000000000"
         error = _first_error(client.post("/v1/jobs", json=spec), expect_problem)
         assert (error["loc"], error["type"]) == ("dataset.uri", "unknown_dataset")

@@ -18,6 +18,8 @@ def resolve_path(uri_path: str, roots: Sequence[Path]) -> Path:
     """
     if not uri_path.startswith("/"):
         raise DataError(f"dataset path {uri_path!r} must be absolute, e.g. npz:///data/set.npz")
+    if "\x00" in uri_path:
+        raise DataError(f"dataset path {uri_path!r} contains a NUL byte")
     if not roots:
         raise DataError(f"dataset path {uri_path} cannot be read: this worker has no data roots")
     resolved = Path(uri_path).resolve()
