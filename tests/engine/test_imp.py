@@ -124,9 +124,7 @@ def test_late_rewinding_restarts_from_the_saved_step(tmp_path: Path) -> None:
     init, rewind = load_tensors(paths.init), load_tensors(paths.rewind)
     assert not torch.equal(init["fc1.weight"], rewind["fc1.weight"])
     ticket, mask = load_tensors(paths.ticket), load_tensors(paths.final_mask)
-    winner = read_json(paths.manifest)["summary"]["ticket_round"]
-    base = rewind if winner > 0 else init
-    for key, value in base.items():
+    for key, value in rewind.items():  # whichever round won, dense round 0 included
         assert torch.equal(ticket[key], value * mask[key] if key in mask else value)
     rounds = load_rounds(tmp_path)
     assert rounds[0].ticket.train_steps == 60
@@ -308,3 +306,11 @@ def test_starting_weights_are_the_users(tmp_path: Path) -> None:
 
     with pytest.raises(DataError, match=r"mine\.safetensors"):
         IMPRun(spec, tmp_path / "elsewhere", DataConfig(roots=(tmp_path / "nowhere",)))
+
+
+def test_a_dense_winner_under_late_rewinding_is_the_rewind_point(tmp_path: Path) -> None:
+    """With no pruning round, the 'ticket' is the dense net at the rewind step, not its init."""
+    run(make_spec(pruning={"rewind_to": "10it", "rounds": 0}), tmp_path, CONFIG)
+    paths = RunPaths(tmp_path)
+    assert read_json(paths.manifest)["summary"]["ticket_round"] == 0
+    assert_same_tensors(load_tensors(paths.ticket), load_tensors(paths.rewind))

@@ -213,15 +213,22 @@ class IMPRun:
         save_tensors(path, mask)
         return mask
 
-    def _start_state(self, k: int, mask: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The weights round k starts training from (the ticket itself under weight rewinding)."""
+    def _base_state(self, k: int) -> dict[str, Tensor]:
+        """The unmasked weights round k starts from: the initialisation for the dense round; the
+        rewind point under weight rewinding; the previous round's trained ticket under
+        learning-rate rewinding and fine-tuning. Controls that keep the init start here too."""
         if k == 0:
             return self._state(self.paths.init)
         if self.spec.pruning.retrain == "weight_rewind":
-            base = self._state(self._rewind_path())
-        else:
-            base = self._state(self.paths.trained(k - 1))
-        return masking.apply_mask(base, {key: m.to(self.device) for key, m in mask.items()})
+            return self._state(self._rewind_path())
+        return self._state(self.paths.trained(k - 1))
+
+    def _masked(self, state: dict[str, Tensor], mask: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return masking.apply_mask(state, {key: m.to(self.device) for key, m in mask.items()})
+
+    def _start_state(self, k: int, mask: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The weights round k starts training from (the ticket itself under weight rewinding)."""
+        return self._masked(self._base_state(k), mask)
 
     def _rewind_path(self) -> Path:
         return self.paths.rewind if self.lengths.rewind > 0 else self.paths.init
@@ -282,12 +289,11 @@ class IMPRun:
             # Same mask, fresh random initialisation: tests whether the init matters.
             def start() -> dict[str, Tensor]:
                 fresh = self._new_model(derive_seed(self.spec.seed, "reinit", k)).state_dict()
-                return masking.apply_mask(
-                    fresh, {key: m.to(self.device) for key, m in mask.items()}
-                )
+                return self._masked(fresh, mask)
 
             return self._train_variant(k, control, mask, start)
-        # random_prune: a random mask of the same per-layer density over the rewind weights.
+        # random_prune: a random mask of the same per-layer density over the weights the ticket
+        # starts from, so only the choice of survivors differs.
         path = self.paths.mask(k, control)
         if path.exists():
             random_mask = load_tensors(path)
@@ -299,10 +305,7 @@ class IMPRun:
             save_tensors(path, random_mask)
 
         def start_random() -> dict[str, Tensor]:
-            base = self._state(self._rewind_path())
-            return masking.apply_mask(
-                base, {key: m.to(self.device) for key, m in random_mask.items()}
-            )
+            return self._masked(self._base_state(k), random_mask)
 
         return self._train_variant(k, control, random_mask, start_random)
 
@@ -392,7 +395,8 @@ class IMPRun:
         tolerance = self.spec.pruning.ticket_tolerance
         best = winning_round(results, tolerance)
         mask = load_tensors(self.paths.mask(best.round))
-        save_tensors(self.paths.ticket, self._start_state(best.round, mask))
+        # The lottery ticket: the weights at the rewind point with the winning mask applied.
+        save_tensors(self.paths.ticket, self._masked(self._state(self._rewind_path()), mask))
         save_tensors(self.paths.final_mask, mask)
         save_tensors(self.paths.final_trained, load_tensors(self.paths.trained(best.round)))
         save_tensors(self.paths.dense, load_tensors(self.paths.trained(0)))
