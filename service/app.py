@@ -22,7 +22,7 @@ from service.routes import reports as report_routes
 from service.settings import Settings
 from service.state import Enqueue, ReadinessCheck, ServiceState, state_of
 from store.db import make_engine, make_sessionmaker, migrate
-from store.events import recent_round_durations
+from store.events import round_durations as store_round_durations
 from store.jobs import count_jobs_by_status
 from store.tenants import ensure_tenant
 
@@ -83,7 +83,7 @@ def create_app(
 
     def round_durations() -> list[float]:
         with sessions() as session:
-            return recent_round_durations(session)
+            return store_round_durations(session)
 
     state = ServiceState(
         settings=settings,

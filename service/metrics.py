@@ -42,8 +42,8 @@ class JobsCollector(Collector):
 
 
 class RoundsCollector(Collector):
-    """``lth_round_duration_seconds``: a histogram of recent rounds' wall time (ticket and
-    controls), read from the store's round events so every API replica reports the same."""
+    """``lth_round_duration_seconds``: a histogram of every finished round's wall time (ticket
+    and controls), read from the store's round events so every API replica reports the same."""
 
     BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 12 * 3600, 48 * 3600)
 
@@ -62,7 +62,7 @@ class RoundsCollector(Collector):
         buckets.append(("+Inf", len(durations)))
         yield HistogramMetricFamily(
             "lth_round_duration_seconds",
-            "Wall time of recently finished pruning rounds (ticket and its controls).",
+            "Wall time of finished pruning rounds (ticket and its controls).",
             buckets=buckets,
             sum_value=sum(durations),
         )

@@ -49,13 +49,9 @@ def list_events(
     return list(session.scalars(query))
 
 
-def recent_round_durations(session: Session, *, limit: int = 5000) -> list[float]:
-    """Wall times of the most recently finished rounds (from ``round`` events), for metrics."""
-    query = (
-        sa.select(EventRow.data)
-        .where(EventRow.type == "round")
-        .order_by(EventRow.id.desc())
-        .limit(limit)
-    )
+def round_durations(session: Session) -> list[float]:
+    """Wall times of every finished round (from ``round`` events), for the metrics histogram:
+    all of them, so its counts only ever grow, as Prometheus requires."""
+    query = sa.select(EventRow.data).where(EventRow.type == "round")
     durations = (data.get("wall_time_s") for data in session.scalars(query))
     return [float(d) for d in durations if isinstance(d, int | float)]

@@ -233,6 +233,12 @@ def count_active_jobs(session: Session, tenant_id: str) -> int:
     return int(session.execute(query).scalar_one())
 
 
+def count_running_jobs(session: Session) -> int:
+    """Jobs running now, all tenants (the reconciler compares them with live workers)."""
+    query = sa.select(sa.func.count()).select_from(JobRow).where(JobRow.status == "running")
+    return int(session.execute(query).scalar_one())
+
+
 def count_jobs_by_status(session: Session) -> dict[str, int]:
     """Jobs per status over all tenants (for metrics); statuses with no job are absent."""
     query = sa.select(JobRow.status, sa.func.count()).group_by(JobRow.status)

@@ -1,8 +1,9 @@
 """The reconciler: the database, not the broker, decides which jobs still need a worker.
 
 It re-enqueues running jobs whose worker stopped heartbeating (killed, machine lost, or an
-embedded broker that never redelivers) and queued jobs nobody took (a message lost with a broker
-that lost its data). Enqueueing twice is harmless: workers claim with a compare-and-set, and a
+embedded broker that never redelivers) and queued jobs nobody took although a live worker sits
+idle (a message lost with a broker that lost its data). Jobs merely waiting behind busy workers
+are left alone. Enqueueing twice is harmless: workers claim with a compare-and-set, and a
 redelivered running job is only taken over once its heartbeat is stale.
 """
 
@@ -16,7 +17,8 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.jobs import stale_queued_jobs, stale_running_jobs
+from store.jobs import count_running_jobs, stale_queued_jobs, stale_running_jobs
+from store.workers import live_workers
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +45,17 @@ class Reconciler:
         self._thread: threading.Thread | None = None
 
     def tick(self) -> list[str]:
-        """Re-enqueue what needs it; returns the job ids sent. A job is sent again only after
-        another full staleness period, so a queue without workers does not fill with copies."""
+        """Re-enqueue what needs it; returns the job ids sent. A job is sent again at most once
+        per staleness period, and queued jobs only as many as there are idle live workers."""
         with self.sessions() as session:
             running = [job.id for job in stale_running_jobs(session, self.stale_after)]
             queued = [job.id for job in stale_queued_jobs(session, self.queued_after)]
+            if queued:
+                idle = len(live_workers(session, self.stale_after)) - count_running_jobs(session)
+                queued = queued[: max(idle, 0)]
         now = time.monotonic()
+        horizon = 2 * max(self.stale_after, self.queued_after).total_seconds()
+        self._last_sent = {j: t for j, t in self._last_sent.items() if now - t < horizon}
         sent = []
         for job_id, period in [(j, self.stale_after) for j in running] + [
             (j, self.queued_after) for j in queued

@@ -121,7 +121,10 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="How often the API looks for jobs to re-enqueue."
     )
     max_attempts: int = Field(
-        default=3, ge=1, description="Worker losses a job survives before it is failed."
+        default=3,
+        ge=1,
+        description="Most attempts a job gets: when this many of its workers were lost, it "
+        "fails with code `too_many_attempts`.",
     )
     torch_threads: int = Field(
         default=1,

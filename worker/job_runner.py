@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_schemas.jobs import JobError, JobResult
+from api_schemas.jobs import EventType, JobError, JobResult
 from api_schemas.jobs import Progress as JobProgress
 from api_schemas.spec import JobSpec
 from reports import write_report
@@ -45,6 +45,7 @@ class _Shared:
     lost: bool = False
     started: float = field(default_factory=time.monotonic)
     start_fraction: float | None = None
+    last_beat: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -78,6 +79,8 @@ class JobRunner:
         claim = self._claim(job_id)
         if not claim.claimed or claim.job is None:
             log.info("job %s not run: %s", job_id, claim.reason)
+            if claim.reason in ("cancelled", "exhausted"):  # this delivery ended the job
+                notify_completion(self.sessions, job_id, self.settings)
             return claim.reason
         job = claim.job
         attempt, tenant_id = job.attempt, job.tenant_id
@@ -222,13 +225,21 @@ class JobRunner:
                 metrics=p.metrics,
             )
         if p.event == "round_done":
-            with self.sessions.begin() as session:
-                data = {"round": p.round, **p.metrics}
-                store_events.add_event(session, job_id, "round", data)
+            self._event(job_id, shared, "round", {"round": p.round, **p.metrics})
         elif p.event == "eval":
+            data = {"round": p.round, "variant": p.variant, "step": p.step, **p.metrics}
+            self._event(job_id, shared, "progress", data)
+
+    def _event(self, job_id: str, shared: _Shared, kind: EventType, data: dict[str, Any]) -> None:
+        """Log an event for watchers. Best effort: losing one must not fail the training, and a
+        worker that lost the job to another attempt writes nothing."""
+        if shared.lost:
+            return
+        try:
             with self.sessions.begin() as session:
-                data = {"round": p.round, "variant": p.variant, "step": p.step, **p.metrics}
-                store_events.add_event(session, job_id, "progress", data)
+                store_events.add_event(session, job_id, kind, data)
+        except Exception:
+            log.warning("job %s: could not record a %s event", job_id, kind, exc_info=True)
 
     def _heartbeat_loop(
         self, job_id: str, attempt: int, shared: _Shared, stop: threading.Event
@@ -237,15 +248,25 @@ class JobRunner:
             self._beat(job_id, attempt, shared)
 
     def _beat(self, job_id: str, attempt: int, shared: _Shared) -> None:
-        """Write liveness and the latest progress; learn whether to stop."""
+        """Write liveness and the latest progress; learn whether to stop.
+
+        A database hiccup must not kill the job, so a failed beat is retried at the next one;
+        but a worker that cannot reach the store for as long as others wait before taking its
+        job over stops (keeping its checkpoint), so two attempts never train side by side.
+        """
         try:
             with shared.lock:
                 progress = shared.progress
             with self.sessions.begin() as session:
                 beat = store_jobs.heartbeat(session, job_id, attempt=attempt, progress=progress)
-        except Exception:  # a database hiccup must not kill the job; the next beat retries
+        except Exception:
             log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+            silent = time.monotonic() - shared.last_beat
+            if silent > self.settings.stale_after_s * 0.8:
+                log.error("job %s: no heartbeat for %.0f s; stopping", job_id, silent)
+                shared.lost = True
             return
+        shared.last_beat = time.monotonic()
         shared.lost = not beat.owned
         shared.cancel = beat.cancel_requested
 

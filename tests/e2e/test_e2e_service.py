@@ -130,6 +130,9 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(production: Deployment)
         events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
         resumed = [e for e in events if e["type"] == "state" and e["data"].get("resumed")]
         assert resumed and resumed[0]["data"]["attempt"] == 2
+        # The second attempt continued round 0 from a checkpoint instead of starting over.
+        after = [e for e in events if e["id"] > resumed[0]["id"] and e["type"] == "progress"]
+        assert after[0]["data"]["round"] == 0 and after[0]["data"]["step"] >= 300
 
 
 def test_duplicate_deliveries_run_a_job_once(production: Deployment) -> None:
