@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api_schemas.steps import Step, StepCount, comparable
+from api_schemas.synthetic import parse_synthetic
 
 #: Built-in architectures (the engine's registry holds exactly these names); any torchvision
 #: classification model is also accepted as ``torchvision:<name>``.
@@ -163,6 +164,8 @@ class DatasetSpec(_Strict):
                 f"unknown dataset scheme {scheme + '://' if scheme else uri!r}; "
                 f"use one of {', '.join(s + '://' for s in DATASET_SCHEMES)}"
             )
+        if scheme == "synthetic":
+            parse_synthetic(urlsplit(uri).query)
         if scheme == "torchvision":
             name = urlsplit(uri).netloc or urlsplit(uri).path.strip("/")
             if name not in TORCHVISION_DATASETS:
@@ -179,7 +182,9 @@ class TrainingSpec(_Strict):
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
     nesterov: bool = Field(default=False, description="Nesterov momentum (sgd only).")
     weight_decay: float = Field(default=0.0, ge=0)
-    batch_size: int = Field(default=60, gt=0)
+    batch_size: int = Field(
+        default=60, gt=0, le=65536, description="Training examples per optimizer step."
+    )
     steps: Step = Field(default="50000it", description="Training length of every round.")
     schedule: Literal["constant", "multistep", "cosine"] = Field(default="constant")
     milestones: list[Step] = Field(

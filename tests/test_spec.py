@@ -55,6 +55,9 @@ def test_spec_hash_is_stable_and_sensitive() -> None:
         ({"model": {"arch": "conv2", "width": 8}}, "model.width", "resnet20/resnet56 only"),
         ({"training": {"schedule": "multistep"}}, "training.milestones", "needs milestones"),
         ({"training": {"eval_every": "0it"}}, "training.eval_every", "at least one"),
+        ({"training": {"batch_size": 10**9}}, "training.batch_size", "less than or equal"),
+        ({"dataset": {"uri": "synthetic://?classes=abc"}}, "dataset.uri", "not numbers"),
+        ({"dataset": {"uri": "synthetic://?classes=1"}}, "dataset.uri", "classes >= 2"),
     ],
 )
 def test_invalid_specs_name_the_field(

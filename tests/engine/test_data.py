@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from safetensors.numpy import save_file
 
 from api_schemas.spec import DatasetSpec
-from worker.engine.data import DataConfig, Dataset, load_dataset, resolve_path
+from worker.engine.data import DataConfig, Dataset, load_dataset, resolve_path, synthetic
 from worker.engine.data.augment import PAD, crop_and_flip
 from worker.engine.data.device import TensorDataset
 from worker.engine.errors import DataError, SpecError
@@ -102,8 +103,10 @@ def test_synthetic(tmp_path: Path) -> None:
     assert (data.train_size, data.validation_size, data.test_size) == (180, 20, 50)
     x, y = data.train_batches(32, seed=0).batch(0)
     assert x.shape == (32, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.int64
-    with pytest.raises(DataError, match="no parameter 'colors'"):
+    with pytest.raises(ValidationError, match="no parameter 'colors'"):  # refused in the spec
         load("synthetic://?colors=3", tmp_path)
+    with pytest.raises(DataError, match="not numbers"):  # and by the engine itself
+        synthetic.make("classes=abc")
 
 
 @pytest.mark.parametrize("gz", [True, False])
