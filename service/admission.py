@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from api_schemas.problem import FieldError
 from api_schemas.spec import JobSpec
-from api_schemas.steps import StepCount
+from api_schemas.steps import StepCount, to_iterations
+from service.dataset_sizes import train_size
 from service.settings import Settings
 from store.datasets import dataset_id_from_uri, get_dataset
 from store.tables import Tenant
@@ -93,6 +94,10 @@ def check_spec(
         problem = webhook_error(spec.webhook_url, settings)
         if problem:
             errors.append(FieldError(loc="webhook_url", msg=problem, type="webhook_not_allowed"))
+    if not errors:
+        examples = train_size(uri, session, tenant)
+        if examples is not None:
+            return length_errors(spec, examples, settings)
     total = total_iterations(spec)
     if total is not None and total > settings.max_steps_per_job:
         errors.append(
@@ -114,3 +119,32 @@ def webhook_error(url: str, settings: Settings) -> str | None:
         hosts = ", ".join(settings.webhook_allowlist)
         return f"webhooks may only go to these hosts: {hosts}"
     return None
+
+
+def length_errors(spec: JobSpec, examples: int, settings: Settings) -> list[FieldError]:
+    """Checks that need the training-set size: hold-out, batch, epochs against iterations."""
+    held, batch = spec.dataset.validation_size, spec.training.batch_size
+    if held >= examples:
+        message = f"holds out {held} of the {examples} training examples; hold out fewer"
+        return [FieldError(loc="dataset.validation_size", msg=message, type="too_large")]
+    if batch > examples - held:
+        message = f"is larger than the {examples - held} training examples left after the hold-out"
+        return [FieldError(loc="training.batch_size", msg=message, type="too_large")]
+    per_epoch = (examples - held) // batch
+    total = to_iterations(spec.training.steps, per_epoch)
+    rewind = to_iterations(spec.pruning.rewind_to, per_epoch)
+    errors = []
+    if rewind > 0 and rewind >= total:
+        message = (
+            f"{spec.pruning.rewind_to} = {rewind} iterations is not before the end of training "
+            f"({spec.training.steps} = {total} iterations at {per_epoch} per epoch)"
+        )
+        errors.append(FieldError(loc="pruning.rewind_to", msg=message, type="too_late"))
+    trainings = 1 + spec.pruning.rounds * (1 + len(spec.pruning.controls))
+    if total * trainings > settings.max_steps_per_job:
+        message = (
+            f"the job would train {total * trainings} iterations over all rounds and controls; "
+            f"this service allows at most {settings.max_steps_per_job}"
+        )
+        errors.append(FieldError(loc="training.steps", msg=message, type="too_long"))
+    return errors

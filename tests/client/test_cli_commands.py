@@ -121,13 +121,13 @@ def test_datasets_commands(server: Server, tmp_path: Path) -> None:
 
 def test_failed_job_exits_1(server: Server, write_spec: Callable[..., Path]) -> None:
     spec = small_spec()
-    spec["dataset"]["validation_size"] = 1000  # more than the 400 training examples
+    spec["model"] = {"arch": "torchvision:no_such_model"}  # only the worker knows torchvision
     result = server.cli(
         "submit", str(write_spec(spec)), "--wait", "--json", "--poll-interval", "0.1"
     )
     assert result.returncode == ExitCode.JOB_FAILED, result.stderr
     job = parse(result)
-    assert job["status"] == "failed" and "validation_size" in job["error"]["message"]
+    assert job["status"] == "failed" and "no_such_model" in job["error"]["message"]
     assert "failed" in result.stderr
 
 

@@ -152,13 +152,23 @@ def test_duplicate_deliveries_run_a_job_once(production: Deployment) -> None:
 
 
 def test_a_job_failing_in_the_worker_reports_why(production: Deployment) -> None:
-    spec = {**SMALL_SPEC, "dataset": {**SMALL_SPEC["dataset"], "validation_size": 5000}}
+    # torchvision's model names are checked by the worker (the API does not import torch).
+    spec = {**SMALL_SPEC, "model": {"arch": "torchvision:no_such_model"}}
     with production.client(production.key("tenant-a")) as client:
         job = submit(client, spec)
         done = wait_for(client, job["id"], TERMINAL)
         assert done["status"] == "failed"
-        assert done["error"]["code"] == "invalid_dataset"
-        assert "5000" in done["error"]["message"]
+        assert done["error"]["code"] == "invalid_model"
+        assert "no_such_model" in done["error"]["message"]
+        # What the API can know is refused at submission instead: a hold-out larger than
+        # the 1,200 training examples, a rewind point past the end in epochs.
+        too_big = {**SMALL_SPEC, "dataset": {**SMALL_SPEC["dataset"], "validation_size": 5000}}
+        refused = client.post("/v1/jobs", json=too_big)
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["loc"] == "dataset.validation_size"
+        late = {**SMALL_SPEC, "pruning": {**SMALL_SPEC["pruning"], "rewind_to": "4ep"}}
+        refused = client.post("/v1/jobs", json=late)  # 1000 / 20 = 50 per epoch; 150it total
+        assert refused.json()["errors"][0]["loc"] == "pruning.rewind_to"
 
 
 def test_the_embedded_default_runs_the_minimal_spec_as_posted(

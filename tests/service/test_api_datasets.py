@@ -73,8 +73,17 @@ def test_upload_list_get_delete(live: Any, expect_problem: ProblemCheck) -> None
         assert not list(stored[0].parent.glob(".upload-*"))
 
         # The dataset can be used by its owner only.
-        spec = {"model": {"arch": "lenet_300_100"}, "dataset": {"uri": dataset["uri"]}}
+        spec = {
+            "model": {"arch": "lenet_300_100"},
+            "dataset": {"uri": dataset["uri"], "validation_size": 5},
+            "training": {"batch_size": 10},
+        }
         assert client.post("/v1/jobs", json=spec).status_code == 202
+        # Its size is known from the upload: a hold-out of all 20 examples is refused now.
+        too_big = {**spec, "dataset": {"uri": dataset["uri"], "validation_size": 20}}
+        assert expect_problem(client.post("/v1/jobs", json=too_big), 422)["errors"][0]["loc"] == (
+            "dataset.validation_size"
+        )
         expect_problem(stranger.post("/v1/jobs", json=spec), 422)
         # A file URI into the upload area is refused even for the owner.
         spec["dataset"]["uri"] = f"npz://{stored[0]}"

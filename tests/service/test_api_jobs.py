@@ -180,7 +180,8 @@ def test_service_policy_is_validated_too(
         spec["dataset"]["uri"] = "dataset://ds_00000000000000000000000000"
         error = _first_error(client.post("/v1/jobs", json=spec), expect_problem)
         assert (error["loc"], error["type"]) == ("dataset.uri", "unknown_dataset")
-        spec["dataset"]["uri"] = "synthetic://?classes=10&shape=1,28,28&train=200&test=50"
+        spec["dataset"] = {"uri": "synthetic://?classes=10&shape=1,28,28&train=200&test=50"}
+        spec["dataset"]["validation_size"] = 0
         spec["training"]["steps"] = "5000000it"
         error = _first_error(client.post("/v1/jobs", json=spec), expect_problem)
         assert (error["loc"], error["type"]) == ("training.steps", "too_long")
@@ -331,3 +332,63 @@ def test_unknown_route_and_method_are_problems(live: Any, expect_problem: Proble
         response = client.delete("/v1/jobs")
         expect_problem(response, 405)
         assert response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "training", "pruning", "loc", "says"),
+    [
+        (
+            {"uri": "synthetic://?train=300", "validation_size": 300},
+            {},
+            {},
+            "dataset.validation_size",
+            "holds out 300 of the 300",
+        ),
+        (
+            {"uri": "synthetic://?train=300", "validation_size": 100},
+            {"batch_size": 250},
+            {},
+            "training.batch_size",
+            "200 training examples left",
+        ),
+        (
+            {"uri": "torchvision://FashionMNIST", "validation_size": 5000},
+            {"steps": "300it"},
+            {"rewind_to": "1ep"},  # 55,000 / 60 = 916 iterations per epoch
+            "pruning.rewind_to",
+            "916 iterations",
+        ),
+        (
+            {"uri": "torchvision://CIFAR10", "validation_size": 0},
+            {"steps": "2000ep"},  # 833 iterations an epoch, 5 trainings: 8.3M iterations
+            {},
+            "training.steps",
+            "allows at most",
+        ),
+    ],
+)
+def test_lengths_are_checked_against_the_dataset_size(
+    live: Any,
+    spec: Spec,
+    expect_problem: ProblemCheck,
+    dataset: dict[str, Any],
+    training: dict[str, Any],
+    pruning: dict[str, Any],
+    loc: str,
+    says: str,
+) -> None:
+    spec["dataset"] = dataset
+    spec["training"] |= training
+    spec["pruning"] |= pruning
+    with live.tenant_client() as client:
+        error = _first_error(client.post("/v1/jobs", json=spec), expect_problem)
+    assert error["loc"] == loc and says in error["msg"], error
+
+
+def test_idx_header_gives_the_size(
+    live: Any, spec: Spec, expect_problem: ProblemCheck, fashion_mnist_dir: Any
+) -> None:
+    spec["dataset"] = {"uri": f"idx://{fashion_mnist_dir}", "validation_size": 60000}
+    with live.tenant_client() as client:
+        error = _first_error(client.post("/v1/jobs", json=spec), expect_problem)
+    assert error["loc"] == "dataset.validation_size" and "of the 60000" in error["msg"]
