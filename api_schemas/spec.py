@@ -67,9 +67,10 @@ def field_error(model: str, loc: tuple[str, ...], message: str, value: object) -
 
 
 class _Strict(BaseModel):
-    """Unknown fields are errors: a typo must not silently fall back to a default."""
+    """Unknown fields are errors (a typo must not silently fall back to a default), and values
+    are not coerced: ``"seed": "0"`` is refused rather than guessed at."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ModelSpec(_Strict):
@@ -177,16 +178,24 @@ class DatasetSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    optimizer: Literal["sgd", "adam", "adamw"] = Field(default="adam")
+    optimizer: Literal["sgd", "adam", "adamw"] = Field(
+        default="adam", description="sgd (with `momentum`, `nesterov`), adam or adamw."
+    )
     lr: float = Field(default=1.2e-3, gt=0, description="Peak learning rate.")
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD momentum (sgd only).")
     nesterov: bool = Field(default=False, description="Nesterov momentum (sgd only).")
-    weight_decay: float = Field(default=0.0, ge=0)
+    weight_decay: float = Field(
+        default=0.0, ge=0, description="L2 penalty (sgd, adam) or decoupled decay (adamw)."
+    )
     batch_size: int = Field(
         default=60, gt=0, le=65536, description="Training examples per optimizer step."
     )
     steps: Step = Field(default="50000it", description="Training length of every round.")
-    schedule: Literal["constant", "multistep", "cosine"] = Field(default="constant")
+    schedule: Literal["constant", "multistep", "cosine"] = Field(
+        default="constant",
+        description="Learning rate after warm-up: constant, multiplied by `gamma` at each of "
+        "`milestones`, or cosine decay to zero at `steps`.",
+    )
     milestones: list[Step] = Field(
         default_factory=list,
         description="multistep: the steps at which the learning rate is multiplied by `gamma`.",

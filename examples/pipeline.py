@@ -12,14 +12,12 @@ Exit status as the ``lth`` command (``client/exit_codes.py``): 0 ok, 1 job faile
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from api_schemas.jobs import Job
+from api_schemas.specfile import parse_spec_text
 from client.exit_codes import JOB_STATUS_EXIT, ExitCode
 from client.sdk import Client
 
@@ -29,7 +27,7 @@ TOO_MUCH_DROP = 10  # this script's own: the job succeeded but the ticket is not
 def load_spec(path: Path) -> dict[str, Any]:
     """A job spec from a JSON or YAML file."""
     text = path.read_text()
-    spec: dict[str, Any] = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    spec: dict[str, Any] = parse_spec_text(text, json_only=path.suffix == ".json")
     return spec
 
 

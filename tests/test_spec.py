@@ -79,3 +79,18 @@ def test_step_strings() -> None:
     assert to_iterations("500it", 916) == 500
     with pytest.raises(ValueError, match="'500it' or '20ep'"):
         StepCount.parse("1.5ep")
+
+
+def test_values_are_not_coerced() -> None:
+    errors = errors_of({**MINIMAL, "seed": "0"})
+    assert "seed" in errors
+
+
+def test_yaml_specs_read_scientific_notation_as_numbers() -> None:
+    from api_schemas.specfile import parse_spec_text
+
+    text = "model: {arch: lenet_300_100}\ndataset: {uri: 'idx:///d'}\ntraining: {lr: 1e-3}\n"
+    spec = JobSpec.model_validate(parse_spec_text(text))
+    assert spec.training.lr == 0.001
+    with pytest.raises(ValueError, match="Expecting value"):
+        parse_spec_text("lr: 1e-3", json_only=True)

@@ -7,16 +7,15 @@ and its 422 answer is reported the same way. The engine is never imported here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 from pydantic import ValidationError
 
 from api_schemas.spec import JobSpec
+from api_schemas.specfile import parse_spec_text
 from client.exit_codes import ExitCode
 
 
@@ -38,16 +37,11 @@ def dotted(loc: Sequence[str | int]) -> str:
 
 
 def _parse(path: Path, text: str) -> Any:
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecFileError(path, f"not valid JSON: {exc}") from exc
+    json_only = path.suffix.lower() == ".json"  # YAML is a superset of JSON: others are YAML
     try:
-        return yaml.safe_load(text)  # YAML is a superset of JSON: any other suffix works
-    except yaml.YAMLError as exc:
-        raise SpecFileError(path, f"not valid YAML: {exc}") from exc
+        return parse_spec_text(text, json_only=json_only)
+    except ValueError as exc:
+        raise SpecFileError(path, f"not valid {'JSON' if json_only else 'YAML'}: {exc}") from exc
 
 
 def load_spec(path: Path) -> dict[str, Any]:

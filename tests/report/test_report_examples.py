@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from api_schemas.results import RunSummary
 from api_schemas.spec import JobSpec
+from api_schemas.specfile import parse_spec_text
 from store.db import make_engine, make_sessionmaker
 from store.jobs import claim_job, finish_job
 from tests.report.conftest import TINY_SPEC, Server
@@ -29,9 +29,7 @@ SPECS = sorted(p for p in EXAMPLES.iterdir() if p.suffix in (".json", ".yaml", "
 
 
 def load(path: Path) -> Any:
-    return (
-        json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
-    )
+    return parse_spec_text(path.read_text(), json_only=path.suffix == ".json")
 
 
 def test_the_paper_setups_are_there() -> None:

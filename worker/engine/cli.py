@@ -6,7 +6,6 @@ the directory is in use; 130 interrupted (a checkpoint was saved: rerun with ``-
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -15,7 +14,6 @@ from types import FrameType
 from typing import Any
 
 import click
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,6 +21,7 @@ from rich.table import Table
 
 from api_schemas.results import RoundResult, RunSummary
 from api_schemas.spec import JobSpec
+from api_schemas.specfile import parse_spec_text
 from worker.engine.data import DataConfig
 from worker.engine.errors import EngineError, Stopped
 from worker.engine.hooks import Progress as RunProgress
@@ -44,8 +43,8 @@ def load_spec_file(path: Path) -> JobSpec:
     """Read a JSON or YAML spec; raises ``click.UsageError`` listing every invalid field."""
     text = path.read_text()
     try:
-        raw: Any = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raw: Any = parse_spec_text(text, json_only=path.suffix == ".json")
+    except ValueError as exc:
         kind = "JSON" if path.suffix == ".json" else "YAML"
         raise click.UsageError(f"{path} is not valid {kind}: {exc}") from None
     try:
