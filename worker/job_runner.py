@@ -87,6 +87,12 @@ class JobRunner:
         spec = JobSpec.model_validate(job.spec)
         log.info("job %s: attempt %d on %s", job_id, attempt, self.worker_name)
         shared = _Shared()
+        if spec.dataset.validation_size == 0:
+            message = (
+                "no validation split (dataset.validation_size = 0): the early-stopping step and "
+                "the winning ticket are judged on the test set"
+            )
+            self._event(job_id, shared, "warning", {"message": message})
         stop_heartbeat = threading.Event()
         beat = threading.Thread(
             target=self._heartbeat_loop,
