@@ -121,7 +121,10 @@ def visit(chromium: str, page: Path, *extra: str) -> Visit:
 
 
 def page_requests(visit: Visit) -> list[bytes]:
-    return [r for r in visit.requests if not CHROMIUM_OWN_HOSTS.match(r)]
+    """Requests the page made. Chromium's own calls to its vendor's hosts are not the page's,
+    and neither are connections that sent nothing (Chromium preconnects to a proxy
+    speculatively; a resource fetch always sends its request line)."""
+    return [r for r in visit.requests if r and not CHROMIUM_OWN_HOSTS.match(r)]
 
 
 # ------------------------------------------------------------------------------ the files
