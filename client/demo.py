@@ -7,7 +7,6 @@ artifacts. The job is the engine's minimal spec on the real Fashion-MNIST when i
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import subprocess
@@ -19,13 +18,13 @@ from typing import Any
 import click
 import httpx
 from rich.console import Console
-from rich.table import Table
 
 from api_schemas.examples import minimal_spec
-from api_schemas.results import RoundResult
+from api_schemas.jobs import Job
+from client.commands.render import rounds_table
+from client.sdk import Client, LthError
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def demo_spec(steps: str) -> dict[str, Any]:
@@ -60,38 +59,6 @@ def _wait_ready(client: httpx.Client, server: subprocess.Popen[bytes], timeout: 
             pass
         time.sleep(0.3)
     raise click.ClickException(f"the service was not ready within {timeout:.0f} s")
-
-
-def rounds_table(rounds: list[RoundResult], ticket_round: int | None) -> Table:
-    controls = sorted({name for r in rounds for name in r.controls})
-    table = Table(title="Rounds (test accuracy at the early-stopping step)")
-    for column in ["round", "density", "weights", "ticket", *controls]:
-        table.add_column(column, justify="right")
-    for r in rounds:
-        table.add_row(
-            f"{r.round}{' *' if r.round == ticket_round else ''}",
-            f"{r.density:.2%}",
-            f"{r.remaining_weights:,}",
-            f"{r.ticket.accuracy:.2%}",
-            *[f"{r.controls[c].accuracy:.2%}" if c in r.controls else "-" for c in controls],
-        )
-    return table
-
-
-def _download(client: httpx.Client, job_id: str, name: str, target: Path) -> str:
-    """Stream an artifact to ``target`` and check it against the server's sha256 ETag."""
-    digest = hashlib.sha256()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with client.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
-        response.raise_for_status()
-        with target.open("wb") as out:
-            for chunk in response.iter_bytes():
-                digest.update(chunk)
-                out.write(chunk)
-        etag = response.headers.get("etag", "").strip('"')
-    if etag and etag != digest.hexdigest():
-        raise click.ClickException(f"{name}: sha256 {digest.hexdigest()} != ETag {etag}")
-    return digest.hexdigest()
 
 
 @click.command()
@@ -132,37 +99,33 @@ def demo(home: Path, steps: str, out: Path) -> None:
         server = subprocess.Popen(
             [sys.executable, "-m", "client", "serve"], env=env, stdout=log_file, stderr=log_file
         )
+    url = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            _wait_ready(client, server, timeout=120)
+        with httpx.Client(base_url=url, timeout=30) as probe:
+            _wait_ready(probe, server, timeout=120)
+        with Client(url) as client:
             spec = demo_spec(steps)
             console.print(f"Submitting LeNet-300-100 on [cyan]{spec['dataset']['uri']}[/]")
-            response = client.post("/v1/jobs", json=spec)
-            if response.status_code != 202:
-                raise click.ClickException(f"submission failed: {response.text}")
-            job = response.json()
-            job_id = job["id"]
-            console.print(f"Job [bold]{job_id}[/] accepted; polling {response.headers['location']}")
-            job = _watch(client, console, job_id)
-            if job["status"] != "succeeded":
-                error = job.get("error") or {}
-                raise click.ClickException(f"job {job['status']}: {error.get('message', '')}")
-            rounds = [
-                RoundResult.model_validate(r)
-                for r in client.get(f"/v1/jobs/{job_id}/rounds").json()
-            ]
-            result = job["result"]
-            console.print(rounds_table(rounds, result["ticket_round"]))
-            target = out.resolve() / job_id
+            job = client.create_job(spec)
+            console.print(f"Job [bold]{job.id}[/] accepted; polling {job.urls['self']}")
+            job = client.wait(job.id, on_progress=lambda j: console.print(f"  {_progress(j)}"))
+            if job.status != "succeeded" or job.result is None:
+                message = job.error.message if job.error else ""
+                raise click.ClickException(f"job {job.status}: {message}")
+            result = job.result
+            console.print(rounds_table(client.rounds(job.id), result.ticket_round))
+            target = out.resolve() / job.id
             for name in ("ticket.safetensors", "mask.safetensors", "rounds.json"):
-                sha = _download(client, job_id, name, target / name)
-                console.print(f"  downloaded {name} (sha256 {sha[:12]}…, checked)")
+                client.download_artifact(job.id, name, target / name)
+                console.print(f"  downloaded {name} (sha256 checked)")
             console.print(
-                f"[bold green]Winning ticket[/]: round {result['ticket_round']} keeps "
-                f"{result['ticket_density']:.2%} of the weights at {result['ticket_accuracy']:.2%} "
-                f"accuracy (dense {result['dense_accuracy']:.2%}).\n"
+                f"[bold green]Winning ticket[/]: round {result.ticket_round} keeps "
+                f"{result.ticket_density:.2%} of the weights at {result.ticket_accuracy:.2%} "
+                f"accuracy (dense {result.dense_accuracy:.2%}).\n"
                 f"Ticket and mask: [bold]{target}[/]"
             )
+    except LthError as exc:
+        raise click.ClickException(str(exc)) from exc
     finally:
         server.terminate()
         try:
@@ -171,23 +134,16 @@ def demo(home: Path, steps: str, out: Path) -> None:
             server.kill()
 
 
-def _watch(client: httpx.Client, console: Console, job_id: str) -> dict[str, Any]:
-    last = ""
-    while True:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        progress = job.get("progress") or {}
-        line = job["status"]
-        if progress:
-            accuracy = progress.get("metrics", {}).get("test_accuracy")
-            line += (
-                f"  round {progress['round']}/{progress['rounds_total'] - 1}"
-                f"  {progress['variant']}  step {progress['step']}/{progress['steps_total']}"
-                f"  {100 * progress['fraction']:.0f}%"
-                + (f"  test acc {accuracy:.2%}" if accuracy is not None else "")
-            )
-        if line != last:
-            console.print(f"  {line}")
-            last = line
-        if job["status"] in TERMINAL:
-            return job
-        time.sleep(0.5)
+def _progress(job: Job) -> str:
+    """One line per change of the job: status, and where training stands."""
+    line: str = job.status
+    progress = job.progress
+    if progress is not None:
+        accuracy = progress.metrics.get("test_accuracy")
+        line += (
+            f"  round {progress.round}/{progress.rounds_total - 1}"
+            f"  {progress.variant}  step {progress.step}/{progress.steps_total}"
+            f"  {100 * progress.fraction:.0f}%"
+            + (f"  test acc {accuracy:.2%}" if accuracy is not None else "")
+        )
+    return line
