@@ -322,6 +322,12 @@ class PruningSpec(_Strict):
         "held out, else test) is at most this far below the dense net's.",
     )
 
+    def trainings(self) -> int:
+        """Networks a job trains at most: the dense one, then in each pruning round the ticket
+        and each control (one round when one-shot)."""
+        rounds = 1 if self.one_shot else self.rounds
+        return 1 + rounds * (1 + len(self.controls))
+
     @model_validator(mode="after")
     def _consistent(self) -> PruningSpec:
         if self.one_shot and self.target_density is None:

@@ -185,7 +185,7 @@ class JobRunner:
                 f"the model has {parameters:,} parameters; this service allows at most "
                 f"{self.settings.max_parameters:,}"
             )
-        steps = run.lengths.total * (1 + run.rounds_total * (1 + len(run.spec.pruning.controls)))
+        steps = run.lengths.total * run.trainings_total
         if steps > self.settings.max_steps_per_job:
             raise SpecError(
                 f"the job would train {steps:,} iterations over all rounds and controls; this "

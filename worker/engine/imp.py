@@ -91,11 +91,9 @@ class IMPRun:
         self.dataset: Dataset = load_dataset(
             spec.dataset, data_config, seed=spec.seed, device=self.device
         )
-        self.lengths = self._lengths()
-        self.schedule = Schedule.from_spec(
-            spec.training,
-            self.dataset.train_batches(spec.training.batch_size, 0).iterations_per_epoch,
-        )
+        batches = self.dataset.train_batches(spec.training.batch_size, 0)
+        self.lengths = self._lengths(batches.iterations_per_epoch)
+        self.schedule = Schedule.from_spec(spec.training, batches.iterations_per_epoch)
         self.model = self._new_model(derive_seed(spec.seed, "init"))
         if spec.model.weights is not None:
             load_weights(self.model, self._weights_path(spec.model.weights))
@@ -107,7 +105,7 @@ class IMPRun:
         if not self.layers:
             raise SpecError("every prunable layer is excluded: nothing to prune")
         self.rounds_total = 1 if spec.pruning.one_shot else spec.pruning.rounds
-        self._trainings_total = 1 + self.rounds_total * (1 + len(spec.pruning.controls))
+        self.trainings_total = spec.pruning.trainings()
         self._trainings_done = 0
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -130,9 +128,9 @@ class IMPRun:
             raise SpecError(f"model.weights must be a file path or file:// URI, not {weights!r}")
         return resolve_path(path, self.data_config.roots)
 
-    def _lengths(self) -> _Lengths:
+    def _lengths(self, ipe: int) -> _Lengths:
+        """The spec's lengths in iterations, at ``ipe`` iterations per epoch."""
         training, pruning = self.spec.training, self.spec.pruning
-        ipe = self.dataset.train_batches(training.batch_size, 0).iterations_per_epoch
         lengths = _Lengths(
             total=to_iterations(training.steps, ipe),
             rewind=to_iterations(pruning.rewind_to, ipe),
@@ -373,7 +371,7 @@ class IMPRun:
                 variant=variant,
                 step=step,
                 steps_total=plan.end,
-                fraction=min(done / self._trainings_total, 1.0),
+                fraction=min(done / self.trainings_total, 1.0),
                 metrics=metrics,
                 event=event,
             )
