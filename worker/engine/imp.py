@@ -231,7 +231,7 @@ class IMPRun:
     def _rewind_path(self) -> Path:
         return self.paths.rewind if self.lengths.rewind > 0 else self.paths.init
 
-    def _plan(self, k: int) -> tuple[TrainPlan, Schedule]:
+    def _plan(self, k: int) -> TrainPlan:
         training, pruning = self.spec.training, self.spec.pruning
         start = 0 if k == 0 else self.lengths.rewind
         schedule = self.schedule
@@ -240,7 +240,7 @@ class IMPRun:
         snapshots = (
             {self.lengths.rewind: self.paths.rewind} if k == 0 and self.lengths.rewind else {}
         )
-        plan = TrainPlan(
+        return TrainPlan(
             start=start,
             end=self.lengths.total,
             schedule=schedule,
@@ -251,7 +251,6 @@ class IMPRun:
             precision=training.precision,
             snapshots=snapshots,
         )
-        return plan, schedule
 
     def _round(self, k: int, mask: dict[str, Tensor]) -> RoundResult:
         if k == 0 and not self.paths.mask(0).exists():
@@ -271,7 +270,7 @@ class IMPRun:
             controls=controls,
         )
         self._record_round(result)
-        plan, _ = self._plan(k)
+        plan = self._plan(k)
         metrics = {
             "density": result.density,
             "remaining_weights": float(result.remaining_weights),
@@ -318,7 +317,7 @@ class IMPRun:
         if metrics_path.exists():
             self._trainings_done += 1
             return VariantResult.model_validate(read_json(metrics_path))
-        plan, _ = self._plan(k)
+        plan = self._plan(k)
         model = copy.deepcopy(self.model)
         model.load_state_dict(start_state())
         torch.manual_seed(derive_seed(self.spec.seed, "train", k, variant))
