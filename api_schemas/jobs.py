@@ -20,7 +20,7 @@ TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled
 #: States that count against a tenant's concurrency cap.
 ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})
 
-EventType = Literal["state", "progress", "round", "warning", "message"]
+EventType = Literal["state", "progress", "round", "warning", "message", "reuse", "execution"]
 DatasetFormat = Literal["npz", "safetensors"]
 
 
@@ -62,8 +62,19 @@ class JobResult(_Response):
 
     ticket_round: int = Field(description="Round whose subnetwork is the winning ticket.")
     ticket_density: float = Field(description="Fraction of prunable weights the ticket keeps.")
-    ticket_accuracy: float = Field(description="The ticket's accuracy (see RoundResult).")
-    dense_accuracy: float = Field(description="The dense network's accuracy, for comparison.")
+    ticket_accuracy: float = Field(
+        description="The ticket's accuracy (see RoundResult); the mean over replicates."
+    )
+    dense_accuracy: float = Field(
+        description="The dense network's accuracy, for comparison; the mean over replicates."
+    )
+    ticket_accuracy_std: float = Field(
+        default=0.0, description="Standard deviation of the ticket's accuracy over replicates."
+    )
+    dense_accuracy_std: float = Field(
+        default=0.0, description="Standard deviation of the dense accuracy over replicates."
+    )
+    replicates: int = Field(default=1, ge=1, description="Independent IMP chains the job ran.")
     rounds_completed: int = Field(description="Pruning rounds run after the dense round.")
     stop_reason: str = Field(description="Why pruning stopped, e.g. `rounds` or `accuracy_drop`.")
 
@@ -137,6 +148,8 @@ class Event(_Response):
     job_id: str = Field(description="The job this event belongs to.")
     type: EventType = Field(
         description="state: status change; progress: heartbeat; round: a round finished; "
+        "reuse: trainings taken from an earlier job of the tenant instead of trained again; "
+        "execution: how the trainings run (batched siblings or one by one, threads); "
         "warning / message: free text for humans."
     )
     created_at: datetime = Field(description="When it was written (UTC).")

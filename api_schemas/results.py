@@ -53,8 +53,52 @@ class VariantResult(BaseModel):
     curve: list[EvalPoint] = Field(description="Every evaluation, in step order.")
 
 
+class VariantStats(BaseModel):
+    """One network of a round over every replicate: mean and (population) standard deviation.
+
+    With one replicate the means are that replicate's numbers and the deviations are 0.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: Variant = Field(description="The ticket or the control these statistics are of.")
+    n: int = Field(ge=1, description="Replicates the statistics are over.")
+    accuracy_mean: float = Field(description="Mean of `accuracy`.")
+    accuracy_std: float = Field(description="Standard deviation of `accuracy`.")
+    selection_accuracy_mean: float = Field(
+        description="Mean of `selection_accuracy`: what the winning ticket is chosen by."
+    )
+    selection_accuracy_std: float = Field(description="Standard deviation of it.")
+    final_test_accuracy_mean: float = Field(description="Mean of `final_test_accuracy`.")
+    final_test_accuracy_std: float = Field(description="Standard deviation of it.")
+    early_stop_step_mean: float | None = Field(
+        default=None, description="Mean early-stopping step (null without a validation split)."
+    )
+    early_stop_step_std: float | None = Field(default=None, description="Its deviation.")
+
+
+class ReplicateRound(BaseModel):
+    """One replicate's (one independent IMP chain's) part of a round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    replicate: int = Field(ge=0, description="0 is the job's own seed; 1.. are derived from it.")
+    seed: int = Field(description="The seed this replicate's init and data order come from.")
+    density: float = Field(description="Fraction of prunable weights this replicate keeps.")
+    remaining_weights: int = Field(description="Prunable weights remaining.")
+    layer_density: dict[str, float] = Field(description="Density of each prunable weight.")
+    ticket: VariantResult = Field(description="This replicate's ticket.")
+    controls: dict[str, VariantResult] = Field(
+        default_factory=dict, description="This replicate's controls, by name."
+    )
+
+
 class RoundResult(BaseModel):
-    """Round 0 is the dense network; round k ≥ 1 the k-th pruned subnetwork."""
+    """Round 0 is the dense network; round k ≥ 1 the k-th pruned subnetwork.
+
+    The top-level numbers are replicate 0's (the job's own seed); ``stats`` summarises every
+    replicate and ``replicates`` lists them all when the job ran more than one.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -67,6 +111,16 @@ class RoundResult(BaseModel):
     controls: dict[str, VariantResult] = Field(
         default_factory=dict, description="The controls trained this round, by name."
     )
+    stats: dict[str, VariantStats] = Field(
+        default_factory=dict,
+        description="Mean and standard deviation over the replicates, by variant name "
+        "('ticket', 'random_reinit', ...).",
+    )
+    replicates: list[ReplicateRound] = Field(
+        default_factory=list,
+        description="Every replicate's results (all of them, 0 included) when the job ran more "
+        "than one; empty otherwise.",
+    )
 
 
 class RunSummary(BaseModel):
@@ -76,7 +130,18 @@ class RunSummary(BaseModel):
 
     ticket_round: int = Field(description="The round whose subnetwork is the winning ticket.")
     ticket_density: float = Field(description="Fraction of prunable weights the ticket keeps.")
-    ticket_accuracy: float = Field(description="The ticket round's accuracy.")
-    dense_accuracy: float = Field(description="The dense network's accuracy.")
+    ticket_accuracy: float = Field(
+        description="The ticket round's accuracy (the mean over replicates when there are several)."
+    )
+    dense_accuracy: float = Field(
+        description="The dense network's accuracy (the mean over replicates)."
+    )
+    ticket_accuracy_std: float = Field(
+        default=0.0, description="Standard deviation of the ticket's accuracy over replicates."
+    )
+    dense_accuracy_std: float = Field(
+        default=0.0, description="Standard deviation of the dense accuracy over replicates."
+    )
+    replicates: int = Field(default=1, ge=1, description="Independent IMP chains the job ran.")
     rounds_completed: int = Field(description="Pruning rounds run after the dense round.")
     stop_reason: str = Field(description="Why pruning stopped.")

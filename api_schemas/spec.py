@@ -347,6 +347,21 @@ class JobSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     pruning: PruningSpec = Field(default_factory=PruningSpec)
     seed: int = Field(default=0, ge=0, lt=2**31, description="Seeds init, data order and splits.")
+    replicates: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="Independent IMP chains (own initialisation and data order, seeds derived "
+        "from `seed`; replicate 0 uses `seed` itself), trained together round by round. Results "
+        "come per replicate and as mean ± std; the winning ticket is chosen on the mean "
+        "validation accuracy. The paper averages five.",
+    )
+    reuse: bool = Field(
+        default=True,
+        description="Reuse trainings an earlier job of the same tenant already ran with exactly "
+        "the same inputs (model, weights, seed, data, training and the pruning of the rounds "
+        "before), instead of training them again. false trains everything.",
+    )
     name: str | None = Field(default=None, max_length=200, description="A human-readable name.")
     labels: dict[str, str] = Field(
         default_factory=dict, description="Free-form labels to filter jobs by."
@@ -384,6 +399,10 @@ class JobSpec(_Strict):
                 self.pruning.rewind_to,
             )
         return self
+
+    def trainings(self) -> int:
+        """Networks the job trains at most, over every replicate."""
+        return self.replicates * self.pruning.trainings()
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the spec, defaults included: equal hashes, equal jobs."""

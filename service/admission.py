@@ -59,7 +59,7 @@ def total_iterations(spec: JobSpec) -> int | None:
     steps = StepCount.parse(spec.training.steps)
     if steps.unit != "it":
         return None
-    return steps.amount * spec.pruning.trainings()
+    return steps.amount * spec.trainings()
 
 
 def check_spec(
@@ -139,7 +139,7 @@ def length_errors(spec: JobSpec, examples: int, settings: Settings) -> list[Fiel
             f"({spec.training.steps} = {total} iterations at {per_epoch} per epoch)"
         )
         errors.append(FieldError(loc="pruning.rewind_to", msg=message, type="too_late"))
-    trainings = spec.pruning.trainings()
+    trainings = spec.trainings()
     if total * trainings > settings.max_steps_per_job:
         message = (
             f"the job would train {total * trainings} iterations over all rounds and controls; "

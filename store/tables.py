@@ -124,7 +124,8 @@ class EventRow(Base):
     __table_args__ = (
         sa.Index("ix_events_job_id_id", "job_id", "id"),
         sa.CheckConstraint(
-            "type IN ('state', 'progress', 'round', 'warning', 'message')", name="type"
+            "type IN ('state', 'progress', 'round', 'warning', 'message', 'reuse', 'execution')",
+            name="type",
         ),
     )
 
@@ -166,3 +167,24 @@ class WorkerRow(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    #: Jobs the worker runs at once (its Celery pool size).
+    concurrency: Mapped[int] = mapped_column(sa.Integer, default=1, server_default="1")
+
+
+class ReusableTraining(Base):
+    """A finished training of some job, findable by the hash of everything that determined it.
+
+    A later job of the same tenant whose training has the same key copies ``files`` (paths
+    relative to the artifact root) instead of training again. The first job to finish a key
+    keeps it.
+    """
+
+    __tablename__ = "reusable_trainings"
+
+    tenant_id: Mapped[str] = mapped_column(
+        sa.ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    files: Mapped[dict[str, str]] = mapped_column(JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -105,7 +105,7 @@ class IMPRun:
         if not self.layers:
             raise SpecError("every prunable layer is excluded: nothing to prune")
         self.rounds_total = 1 if spec.pruning.one_shot else spec.pruning.rounds
-        self.trainings_total = spec.pruning.trainings()
+        self.trainings_total = spec.trainings()
         self._trainings_done = 0
 
     # ---- set-up -------------------------------------------------------------------------------
