@@ -27,8 +27,7 @@ class LoopState:
     """The training loop's bookkeeping, saved as JSON beside the tensors."""
 
     step: int
-    curve: list[dict[str, Any]] = field(default_factory=list)
-    loss_sum: float = 0.0
+    curves: list[list[dict[str, Any]]] = field(default_factory=list)  # one per sibling
     loss_count: int = 0
     wall_time_s: float = 0.0
 
@@ -53,7 +52,7 @@ def save_checkpoint(
     if torch.cuda.is_available():
         for device_index, state in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"{_RNG_CUDA}{device_index}"] = state
-    tensors["loop.loss_sum"] = loss_sum.detach().reshape(1)
+    tensors["loop.loss_sum"] = loss_sum.detach().reshape(-1)
     metadata = {
         "loop": loop.__dict__,
         "param_groups": optim_state["param_groups"],
@@ -65,7 +64,8 @@ def save_checkpoint(
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> tuple[LoopState, Tensor]:
-    """Restore model, optimizer and RNG states in place; returns the loop state and loss sum."""
+    """Restore model, optimizer and RNG states in place; returns the loop state and the
+    siblings' loss sums since the last evaluation."""
     tensors = load_tensors(path)
     metadata = load_metadata(path)
     model.load_state_dict(
@@ -83,5 +83,5 @@ def load_checkpoint(
     cuda_states = sorted(k for k in tensors if k.startswith(_RNG_CUDA))
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([tensors[k] for k in cuda_states])
-    loss_sum = tensors["loop.loss_sum"].to(device).reshape(())
+    loss_sum = tensors["loop.loss_sum"].to(device).reshape(-1)
     return LoopState(**metadata["loop"]), loss_sum

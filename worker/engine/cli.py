@@ -56,6 +56,15 @@ def load_spec_file(path: Path) -> JobSpec:
         raise click.UsageError(f"{path} is not a valid job spec:\n" + "\n".join(lines)) from None
 
 
+def _accuracy(result: RoundResult, variant: str) -> str:
+    """The accuracy cell: mean ± std over replicates when there are several."""
+    stats = result.stats.get(variant)
+    if stats is not None and stats.n > 1:
+        return f"{stats.accuracy_mean:.2%} ± {stats.accuracy_std:.2%}"
+    value = result.ticket if variant == "ticket" else result.controls[variant]
+    return f"{value.accuracy:.2%}"
+
+
 def round_table(rounds: list[RoundResult], summary: RunSummary | None = None) -> Table:
     controls = sorted({name for r in rounds for name in r.controls})
     table = Table(title="Rounds (accuracy at the early-stopping step when validated)")
@@ -67,9 +76,9 @@ def round_table(rounds: list[RoundResult], summary: RunSummary | None = None) ->
             f"{r.round}{marker}",
             f"{r.density:.2%}",
             f"{r.remaining_weights:,}",
-            f"{r.ticket.accuracy:.2%}",
+            _accuracy(r, "ticket"),
             str(r.ticket.early_stop_step) if r.ticket.early_stop_step is not None else "-",
-            *[f"{r.controls[c].accuracy:.2%}" if c in r.controls else "-" for c in controls],
+            *[_accuracy(r, c) if c in r.controls else "-" for c in controls],
             f"{r.ticket.wall_time_s + sum(c.wall_time_s for c in r.controls.values()):.1f}s",
         ]
         table.add_row(*cells)
@@ -80,7 +89,19 @@ def round_table(rounds: list[RoundResult], summary: RunSummary | None = None) ->
 @click.argument("spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--resume", is_flag=True, help="Continue the run already in --out.")
-def run(spec_file: Path, out_dir: Path, resume: bool) -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="CPU threads to train with; 0: every core this process may use.",
+)
+@click.option(
+    "--one-by-one",
+    is_flag=True,
+    help="Train every network alone instead of stacking a round's networks (the reference path).",
+)
+def run(spec_file: Path, out_dir: Path, resume: bool, threads: int, one_by_one: bool) -> None:
     """Run the lottery-ticket procedure for SPEC_FILE (JSON or YAML) on this machine.
 
     Artifacts land in --out. Local runs may read data under the current directory as well as
@@ -112,6 +133,8 @@ def run(spec_file: Path, out_dir: Path, resume: bool) -> None:
     task = bar.add_task("starting", total=1.0, metrics="")
 
     def on_progress(p: RunProgress) -> None:
+        if p.event in ("reused", "execution"):
+            return
         shown = f"acc {p.metrics['test_accuracy']:.2%}" if "test_accuracy" in p.metrics else ""
         description = f"round {p.round}/{p.rounds_total} {p.variant} step {p.step}/{p.steps_total}"
         if shown:
@@ -127,6 +150,8 @@ def run(spec_file: Path, out_dir: Path, resume: bool) -> None:
                 on_progress=on_progress,
                 should_stop=lambda: stop["requested"],
                 poll_seconds=0.5,
+                batched=not one_by_one,
+                threads=lambda: threads or len(os.sched_getaffinity(0)),
             ).run()
     except Stopped:
         console.print(
@@ -146,7 +171,8 @@ def run(spec_file: Path, out_dir: Path, resume: bool) -> None:
     out.print(round_table(load_rounds(out_dir), summary))
     out.print(
         f"Winning ticket: round {summary.ticket_round} at {summary.ticket_density:.2%} density, "
-        f"accuracy {summary.ticket_accuracy:.2%} (dense {summary.dense_accuracy:.2%}); "
-        f"{summary.stop_reason}."
+        f"accuracy {summary.ticket_accuracy:.2%} (dense {summary.dense_accuracy:.2%})"
+        + (f" over {summary.replicates} replicates" if summary.replicates > 1 else "")
+        + f"; {summary.stop_reason}."
     )
     out.print(f"Artifacts: {out_dir.resolve()} (ticket.safetensors, mask.safetensors, ...)")

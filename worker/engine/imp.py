@@ -1,15 +1,21 @@
 """The iterative-magnitude-pruning driver: dense training, then prune → rewind → retrain rounds.
 
-Every step is idempotent and guarded by the existence of its artifact, so calling ``run`` again on
-the same directory resumes where the last call stopped (mid-round from the last checkpoint).
+A round's networks — the ticket and each control, in every replicate (independent IMP chain) —
+start from masks known once the round before is trained, so they are trained together: stacked
+into one model with a leading sibling dimension (``worker.engine.stack``) where the architecture
+allows, else one by one. Every training is idempotent and guarded by the existence of its
+metrics, so calling ``run`` again on the same directory resumes where the last call stopped
+(mid-round from the last checkpoint). With a ``TrainingCache`` a training an earlier run already
+did with the same inputs is copied instead of trained.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,14 +24,15 @@ from urllib.parse import urlsplit
 import torch
 from torch import Tensor, nn
 
-from api_schemas.results import RoundResult, RunSummary, VariantResult
+from api_schemas.results import ReplicateRound, RoundResult, RunSummary, VariantResult
 from api_schemas.spec import JobSpec
 from api_schemas.steps import to_iterations
 from worker.engine import masks as masking
+from worker.engine import reuse
 from worker.engine.data import DataConfig, Dataset, load_dataset, resolve_path
 from worker.engine.errors import SpecError
-from worker.engine.hooks import Progress, ProgressFn, StopFn
-from worker.engine.models import build_model, load_weights
+from worker.engine.hooks import Progress, ProgressFn, StopFn, ThreadsFn, TrainingCache
+from worker.engine.models import build_model, count_parameters, load_weights
 from worker.engine.optim import Schedule, constant
 from worker.engine.paths import TICKET, RunPaths
 from worker.engine.pruning import (
@@ -34,8 +41,9 @@ from worker.engine.pruning import (
     prune_to_density,
     random_mask_like,
 )
-from worker.engine.results import summarize, winning_round
-from worker.engine.seeds import derive_seed
+from worker.engine.results import selection_accuracy, summarize, variant_stats, winning_round
+from worker.engine.seeds import derive_seed, replicate_seed
+from worker.engine.stack import StackedModel, stack_reason
 from worker.engine.tensorio import (
     load_tensors,
     read_json,
@@ -43,9 +51,12 @@ from worker.engine.tensorio import (
     sha256_file,
     write_json,
 )
-from worker.engine.train import TrainOutcome, TrainPlan, train
+from worker.engine.train import Sibling, TrainOutcome, TrainPlan, train_siblings
 
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
+#: Parameters one stack may hold (weights, gradients and two optimizer moments each): bounds
+#: the memory of a stacked training; more siblings than fit train in several stacks.
+STACK_PARAMETER_BUDGET = 100_000_000
 
 
 def pick_device(requested: str) -> torch.device:
@@ -67,8 +78,38 @@ class _Lengths:
     checkpoint_every: int
 
 
+@dataclass(frozen=True)
+class Chain:
+    """One replicate: an independent IMP chain with its own seed and files."""
+
+    index: int
+    seed: int
+    paths: RunPaths
+
+
+@dataclass
+class Member:
+    """One training of a round: which chain, which network, its mask and starting weights."""
+
+    chain: Chain
+    round: int
+    variant: str
+    mask: dict[str, Tensor]
+    start: Callable[[], dict[str, Tensor]]
+    key: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.chain.index}:{self.variant}"
+
+
 class IMPRun:
-    """One job's run in one directory. Build it, then call ``run()``."""
+    """One job's run in one directory. Build it, then call ``run()``.
+
+    ``batched=False`` trains every network one by one (the reference path); ``threads`` is
+    polled while training to set the CPU threads; ``cache`` offers and receives reusable
+    trainings (used unless the spec says ``reuse: false``).
+    """
 
     def __init__(
         self,
@@ -79,6 +120,9 @@ class IMPRun:
         on_progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
         poll_seconds: float = 1.0,
+        batched: bool = True,
+        threads: ThreadsFn | None = None,
+        cache: TrainingCache | None = None,
     ) -> None:
         self.spec = spec
         self.paths = RunPaths(Path(out_dir))
@@ -86,6 +130,8 @@ class IMPRun:
         self.on_progress = on_progress
         self.should_stop = should_stop
         self.poll_seconds = poll_seconds
+        self.threads = threads
+        self.cache = cache if spec.reuse else None
         self.device = pick_device(spec.training.device)
         self._check_directory()
         self.dataset: Dataset = load_dataset(
@@ -94,9 +140,12 @@ class IMPRun:
         batches = self.dataset.train_batches(spec.training.batch_size, 0)
         self.lengths = self._lengths(batches.iterations_per_epoch)
         self.schedule = Schedule.from_spec(spec.training, batches.iterations_per_epoch)
+        self.weights_sha256: str | None = None
         self.model = self._new_model(derive_seed(spec.seed, "init"))
         if spec.model.weights is not None:
-            load_weights(self.model, self._weights_path(spec.model.weights))
+            weights = self._weights_path(spec.model.weights)
+            load_weights(self.model, weights)
+            self.weights_sha256 = sha256_file(weights)
         unknown = masking.unknown_exclusions(self.model, spec.pruning.exclude)
         if unknown:
             names = ", ".join(layer.key for layer in masking.prunable_layers(self.model))
@@ -107,6 +156,14 @@ class IMPRun:
         self.rounds_total = 1 if spec.pruning.one_shot else spec.pruning.rounds
         self.trainings_total = spec.trainings()
         self._trainings_done = 0
+        self.chains = [
+            Chain(r, replicate_seed(spec.seed, r), self.paths.replicate(r))
+            for r in range(spec.replicates)
+        ]
+        reason = stack_reason(spec.model.arch, self.model)
+        self.stack_reason = "batching is off" if not batched else reason
+        self.max_stack = max(1, STACK_PARAMETER_BUDGET // max(count_parameters(self.model), 1))
+        self._keys: dict[int, list[str]] = {}
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -153,21 +210,31 @@ class IMPRun:
     def _state(self, path: Path) -> dict[str, Tensor]:
         return load_tensors(path, self.device)
 
+    def _init_chain(self, chain: Chain) -> None:
+        """Write the chain's initial weights: its own random init, or the user's weights."""
+        if chain.paths.init.exists():
+            return
+        if chain.index == 0 or self.spec.model.weights is not None:
+            save_tensors(chain.paths.init, self.model.state_dict())
+        else:
+            save_tensors(
+                chain.paths.init, self._new_model(derive_seed(chain.seed, "init")).state_dict()
+            )
+
     # ---- the procedure ------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
         """Run (or resume) every round and write the job's artifacts; returns the summary."""
-        if not self.paths.init.exists():
-            save_tensors(self.paths.init, self.model.state_dict())
-        dense = masking.dense_mask(self.model, self.spec.pruning.exclude)
-        results = [self._round(0, dense)]
+        for chain in self.chains:
+            self._init_chain(chain)
+        results = [self._round(0)]
         stop_reason = "completed all rounds"
         for k in range(1, self.rounds_total + 1):
             reason = self._stop_reason(results)
             if reason is not None:
                 stop_reason = reason
                 break
-            results.append(self._round(k, self._mask(k)))
+            results.append(self._round(k))
         else:
             stop_reason = self._stop_reason(results) or stop_reason
         return self._finish(results, stop_reason)
@@ -180,20 +247,20 @@ class IMPRun:
         if pruning.target_density is not None and last.density <= pruning.target_density:
             return f"reached target density {pruning.target_density}"
         # Judged like the winning ticket: on validation accuracy when a split is held out.
-        drop = results[0].ticket.selection_accuracy - last.ticket.selection_accuracy
+        drop = selection_accuracy(results[0]) - selection_accuracy(last)
         if pruning.max_accuracy_drop is not None and drop > pruning.max_accuracy_drop:
             limit = pruning.max_accuracy_drop
             return f"accuracy fell {drop:.4f} below the dense net's (limit {limit})"
         return None
 
-    def _mask(self, k: int) -> dict[str, Tensor]:
+    def _mask(self, chain: Chain, k: int) -> dict[str, Tensor]:
         """Round k's mask: the previous ticket's smallest surviving weights removed."""
-        path = self.paths.mask(k)
+        path = chain.paths.mask(k)
         if path.exists():
             return load_tensors(path)
         pruning = self.spec.pruning
-        previous = load_tensors(self.paths.mask(k - 1))
-        weights = load_tensors(self.paths.trained(k - 1))
+        previous = load_tensors(chain.paths.mask(k - 1))
+        weights = load_tensors(chain.paths.trained(k - 1))
         if pruning.one_shot:
             assert pruning.target_density is not None
             mask = prune_to_density(
@@ -211,25 +278,21 @@ class IMPRun:
         save_tensors(path, mask)
         return mask
 
-    def _base_state(self, k: int) -> dict[str, Tensor]:
+    def _base_state(self, chain: Chain, k: int) -> dict[str, Tensor]:
         """The unmasked weights round k starts from: the initialisation for the dense round; the
         rewind point under weight rewinding; the previous round's trained ticket under
         learning-rate rewinding and fine-tuning. Controls that keep the init start here too."""
         if k == 0:
-            return self._state(self.paths.init)
+            return self._state(chain.paths.init)
         if self.spec.pruning.retrain == "weight_rewind":
-            return self._state(self._rewind_path())
-        return self._state(self.paths.trained(k - 1))
+            return self._state(self._rewind_path(chain))
+        return self._state(chain.paths.trained(k - 1))
 
     def _masked(self, state: dict[str, Tensor], mask: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return masking.apply_mask(state, {key: m.to(self.device) for key, m in mask.items()})
 
-    def _start_state(self, k: int, mask: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """The weights round k starts training from (the ticket itself under weight rewinding)."""
-        return self._masked(self._base_state(k), mask)
-
-    def _rewind_path(self) -> Path:
-        return self.paths.rewind if self.lengths.rewind > 0 else self.paths.init
+    def _rewind_path(self, chain: Chain) -> Path:
+        return chain.paths.rewind if self.lengths.rewind > 0 else chain.paths.init
 
     def _plan(self, k: int) -> TrainPlan:
         training, pruning = self.spec.training, self.spec.pruning
@@ -237,9 +300,6 @@ class IMPRun:
         schedule = self.schedule
         if k > 0 and pruning.retrain == "finetune":
             schedule = constant(pruning.finetune_lr or self.schedule.final_lr(), self.lengths.total)
-        snapshots = (
-            {self.lengths.rewind: self.paths.rewind} if k == 0 and self.lengths.rewind else {}
-        )
         return TrainPlan(
             start=start,
             end=self.lengths.total,
@@ -249,103 +309,264 @@ class IMPRun:
             batch_size=training.batch_size,
             data_seed=derive_seed(self.spec.seed, "data"),
             precision=training.precision,
-            snapshots=snapshots,
         )
 
-    def _round(self, k: int, mask: dict[str, Tensor]) -> RoundResult:
-        if k == 0 and not self.paths.mask(0).exists():
-            save_tensors(self.paths.mask(0), mask)
-        ticket = self._train_variant(k, TICKET, mask, lambda: self._start_state(k, mask))
-        controls: dict[str, VariantResult] = {}
-        if k > 0:
-            for control in self.spec.pruning.controls:
-                controls[control] = self._train_control(k, control, mask)
-        result = RoundResult(
-            round=k,
-            density=masking.density(mask),
-            remaining_weights=masking.remaining(mask),
-            prunable_weights=sum(m.numel() for m in mask.values()),
-            layer_density=masking.layer_density(mask),
-            ticket=ticket,
-            controls=controls,
-        )
-        self._record_round(result)
-        plan = self._plan(k)
-        metrics = {
-            "density": result.density,
-            "remaining_weights": float(result.remaining_weights),
-            "accuracy": ticket.accuracy,
-            "wall_time_s": ticket.wall_time_s + sum(c.wall_time_s for c in controls.values()),
-            **{f"{name}_accuracy": c.accuracy for name, c in controls.items()},
-        }
-        self._emit(k, TICKET, plan.end, plan, metrics, event="round_done")
-        return result
+    def _snapshots(self, member: Member) -> dict[int, Path]:
+        if member.round == 0 and self.lengths.rewind:
+            return {self.lengths.rewind: member.chain.paths.rewind}
+        return {}
 
-    def _train_control(self, k: int, control: str, mask: dict[str, Tensor]) -> VariantResult:
+    # ---- a round ------------------------------------------------------------------------------
+
+    def _chain_key(self, chain: Chain, k: int) -> str:
+        keys = self._keys.setdefault(chain.index, [])
+        while len(keys) <= k:
+            if not keys:
+                keys.append(
+                    reuse.dense_key(
+                        self.spec,
+                        chain_seed=chain.seed,
+                        weights_sha256=self.weights_sha256,
+                        dataset_fingerprint=self.dataset.fingerprint,
+                        rewind_step=self.lengths.rewind,
+                        engine_version=ENGINE_VERSION,
+                    )
+                )
+            else:
+                keys.append(reuse.round_key(keys[-1], self.spec, self.lengths.rewind))
+        return keys[k]
+
+    def _members(self, k: int) -> list[Member]:
+        members: list[Member] = []
+        for chain in self.chains:
+            if k == 0:
+                mask = masking.dense_mask(self.model, self.spec.pruning.exclude)
+                if not chain.paths.mask(0).exists():
+                    save_tensors(chain.paths.mask(0), mask)
+            else:
+                mask = self._mask(chain, k)
+            members.append(self._ticket(chain, k, mask))
+            if k > 0:
+                members += [self._control(chain, k, c, mask) for c in self.spec.pruning.controls]
+        for member in members:
+            member.key = reuse.variant_key(self._chain_key(member.chain, k), member.variant)
+        return members
+
+    def _ticket(self, chain: Chain, k: int, mask: dict[str, Tensor]) -> Member:
+        return Member(
+            chain, k, TICKET, mask, lambda: self._masked(self._base_state(chain, k), mask)
+        )
+
+    def _control(self, chain: Chain, k: int, control: str, mask: dict[str, Tensor]) -> Member:
         if control == "random_reinit":
             # Same mask, fresh random initialisation: tests whether the init matters.
-            def start() -> dict[str, Tensor]:
-                fresh = self._new_model(derive_seed(self.spec.seed, "reinit", k)).state_dict()
-                return self._masked(fresh, mask)
+            def fresh() -> dict[str, Tensor]:
+                model = self._new_model(derive_seed(chain.seed, "reinit", k))
+                return self._masked(model.state_dict(), mask)
 
-            return self._train_variant(k, control, mask, start)
+            return Member(chain, k, control, mask, fresh)
         # random_prune: a random mask of the same per-layer density over the weights the ticket
         # starts from, so only the choice of survivors differs.
-        path = self.paths.mask(k, control)
+        path = chain.paths.mask(k, control)
         if path.exists():
             random_mask = load_tensors(path)
         else:
-            generator = torch.Generator().manual_seed(
-                derive_seed(self.spec.seed, "random_prune", k)
-            )
+            generator = torch.Generator().manual_seed(derive_seed(chain.seed, "random_prune", k))
             random_mask = random_mask_like(mask, generator)
             save_tensors(path, random_mask)
+        return Member(
+            chain,
+            k,
+            control,
+            random_mask,
+            lambda: self._masked(self._base_state(chain, k), random_mask),
+        )
 
-        def start_random() -> dict[str, Tensor]:
-            return self._masked(self._base_state(k), random_mask)
+    def _round(self, k: int) -> RoundResult:
+        members = self._members(k)
+        pending = []
+        for member in members:
+            if member.chain.paths.metrics(k, member.variant).exists():
+                self._trainings_done += 1
+            elif not self._reuse(member):
+                pending.append(member)
+        if pending:
+            self._train(k, pending)
+        return self._round_result(k, members)
 
-        return self._train_variant(k, control, random_mask, start_random)
+    def _round_result(self, k: int, members: list[Member]) -> RoundResult:
+        replicates = []
+        for chain in self.chains:
+            own = {m.variant: m for m in members if m.chain.index == chain.index}
+            results = {
+                variant: VariantResult.model_validate(read_json(chain.paths.metrics(k, variant)))
+                for variant in own
+            }
+            mask = own[TICKET].mask
+            replicates.append(
+                ReplicateRound(
+                    replicate=chain.index,
+                    seed=chain.seed,
+                    density=masking.density(mask),
+                    remaining_weights=masking.remaining(mask),
+                    layer_density=masking.layer_density(mask),
+                    ticket=results.pop(TICKET),
+                    controls=results,
+                )
+            )
+        first = replicates[0]
+        stats = {TICKET: variant_stats([r.ticket for r in replicates])}
+        for control in first.controls:
+            stats[control] = variant_stats([r.controls[control] for r in replicates])
+        result = RoundResult(
+            round=k,
+            density=first.density,
+            remaining_weights=first.remaining_weights,
+            prunable_weights=sum(m.numel() for m in members[0].mask.values()),
+            layer_density=first.layer_density,
+            ticket=first.ticket,
+            controls=first.controls,
+            stats=stats,
+            replicates=replicates if len(replicates) > 1 else [],
+        )
+        self._record_round(result)
+        metrics = {
+            "density": result.density,
+            "remaining_weights": float(result.remaining_weights),
+            "accuracy": stats[TICKET].accuracy_mean,
+            "wall_time_s": sum(
+                v.wall_time_s for r in replicates for v in [r.ticket, *r.controls.values()]
+            ),
+            **{f"{name}_accuracy": s.accuracy_mean for name, s in stats.items() if name != TICKET},
+        }
+        if len(replicates) > 1:
+            metrics["accuracy_std"] = stats[TICKET].accuracy_std
+        self._emit(k, TICKET, self.lengths.total, self._plan(k), metrics, event="round_done")
+        return result
 
-    def _train_variant(
-        self,
-        k: int,
-        variant: str,
-        mask: dict[str, Tensor],
-        start_state: Any,
-    ) -> VariantResult:
-        metrics_path = self.paths.metrics(k, variant)
-        if metrics_path.exists():
-            self._trainings_done += 1
-            return VariantResult.model_validate(read_json(metrics_path))
+    # ---- reuse --------------------------------------------------------------------------------
+
+    def _files(self, member: Member) -> dict[str, Path]:
+        """The files a training leaves: what another run needs to take it over."""
+        paths, k, variant = member.chain.paths, member.round, member.variant
+        files = {"trained": paths.trained(k, variant), "metrics": paths.metrics(k, variant)}
+        if variant == "random_prune":
+            files["mask"] = paths.mask(k, variant)
+        if k == 0 and self.lengths.rewind:
+            files["rewind"] = paths.rewind
+        return files
+
+    def _reuse(self, member: Member) -> bool:
+        """Take the training from the cache when an earlier run did it; says so in an event."""
+        if self.cache is None or member.key is None:
+            return False
+        found = self.cache.lookup(member.key)
+        if found is None:
+            return False
+        targets = self._files(member)
+        if member.variant == "random_prune":
+            targets.pop("mask")  # ours is drawn from the same seed; keep it as written
+        if not reuse.copy_into(found, targets):
+            return False
+        try:
+            VariantResult.model_validate(read_json(targets["metrics"]))
+        except ValueError:
+            targets["metrics"].unlink(missing_ok=True)
+            return False
+        self._trainings_done += 1
+        info: dict[str, object] = {
+            "round": member.round,
+            "variant": member.variant,
+            "replicate": member.chain.index,
+            "key": member.key,
+        }
+        self._emit(member.round, member.variant, 0, self._plan(member.round), {}, "reused", info)
+        return True
+
+    def _publish(self, member: Member) -> None:
+        if self.cache is not None and member.key is not None:
+            self.cache.publish(member.key, self._files(member))
+
+    # ---- training -----------------------------------------------------------------------------
+
+    def _train(self, k: int, members: list[Member]) -> None:
         plan = self._plan(k)
-        model = copy.deepcopy(self.model)
-        model.load_state_dict(start_state())
-        torch.manual_seed(derive_seed(self.spec.seed, "train", k, variant))
-        checkpoint = self.paths.checkpoint(k, variant)
-        outcome: TrainOutcome = train(
-            model,
+        stacked = self.stack_reason is None and len(members) > 1
+        groups = (
+            [members[i : i + self.max_stack] for i in range(0, len(members), self.max_stack)]
+            if stacked
+            else [[m] for m in members]
+        )
+        info: dict[str, object] = {
+            "round": k,
+            "path": "batched" if stacked else "one_by_one",
+            "networks": len(members),
+            "stacks": [len(g) for g in groups] if stacked else [],
+        }
+        if not stacked and self.stack_reason is not None and len(members) > 1:
+            info["reason"] = self.stack_reason
+        self._emit(k, TICKET, plan.start, plan, {}, "execution", info)
+        for group in groups:
+            self._train_group(k, group, plan)
+
+    def _train_group(self, k: int, group: Sequence[Member], plan: TrainPlan) -> None:
+        models = []
+        for member in group:
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(member.start())
+            models.append(model)
+        masks = [{key: m.to(self.device) for key, m in member.mask.items()} for member in group]
+        siblings = [Sibling(derive_seed(m.chain.seed, "data"), self._snapshots(m)) for m in group]
+        if len(group) == 1:
+            member = group[0]
+            net: nn.Module = models[0]
+            mask = masks[0]
+            torch.manual_seed(derive_seed(member.chain.seed, "train", k, member.variant))
+            checkpoint = member.chain.paths.checkpoint(k, member.variant)
+        else:
+            stack = StackedModel.from_models(models)
+            net, mask = stack, stack.stacked_masks(masks)
+            labels = [m.label for m in group]
+            digest = hashlib.sha256(",".join(labels).encode()).hexdigest()[:16]
+            torch.manual_seed(derive_seed(self.spec.seed, "train", k, *labels))
+            checkpoint = self.paths.stack_checkpoint(k, digest)
+        del models
+        outcomes: list[TrainOutcome] = train_siblings(
+            net,
             self.dataset,
             self.spec.training,
             plan,
-            {key: m.to(self.device) for key, m in mask.items()},
+            mask,
+            siblings,
             checkpoint,
-            report=self._reporter(k, variant, plan),
+            report=self._reporter(k, group, plan),
             should_stop=self.should_stop,
             poll_seconds=self.poll_seconds,
+            threads=self.threads,
         )
-        save_tensors(self.paths.trained(k, variant), model.state_dict())
-        result = summarize(variant, outcome)
-        write_json(metrics_path, result.model_dump(mode="json"))
+        for index, (member, outcome) in enumerate(zip(group, outcomes, strict=True)):
+            paths, variant = member.chain.paths, member.variant
+            state = stack.sibling_state(index) if len(group) > 1 else net.state_dict()
+            save_tensors(paths.trained(k, variant), state)
+            result = summarize(variant, outcome)
+            write_json(paths.metrics(k, variant), result.model_dump(mode="json"))
+            self._trainings_done += 1
+            self._publish(member)
+            self._emit(k, variant, plan.end, plan, result_metrics(result), event="variant_done")
         checkpoint.unlink(missing_ok=True)
-        self._trainings_done += 1
-        self._emit(k, variant, plan.end, plan, result_metrics(result), event="variant_done")
-        return result
 
     # ---- reporting ----------------------------------------------------------------------------
 
-    def _reporter(self, k: int, variant: str, plan: TrainPlan) -> Any:
-        def report(step: int, metrics: dict[str, float] | None) -> None:
-            self._emit(k, variant, step, plan, metrics or {}, event="eval" if metrics else "step")
+    def _reporter(self, k: int, group: Sequence[Member], plan: TrainPlan) -> Any:
+        width = len(group)
+
+        def report(step: int, metrics: list[dict[str, float]] | None) -> None:
+            if metrics is None:
+                self._emit(k, group[0].variant, step, plan, {}, "step", width=width)
+                return
+            for member, values in zip(group, metrics, strict=True):
+                info: dict[str, object] = {"replicate": member.chain.index}
+                self._emit(k, member.variant, step, plan, values, "eval", info, width=width)
 
         return report
 
@@ -357,12 +578,16 @@ class IMPRun:
         plan: TrainPlan,
         metrics: dict[str, float],
         event: str,
+        info: dict[str, object] | None = None,
+        *,
+        width: int = 1,
     ) -> None:
         if self.on_progress is None:
             return
         span = max(plan.end - plan.start, 1)
         within = min(max(step - plan.start, 0) / span, 1.0)
-        done = self._trainings_done + (0.0 if event.endswith("_done") else within)
+        training = event in ("step", "eval")
+        done = self._trainings_done + (width * within if training else 0.0)
         self.on_progress(
             Progress(
                 round=k,
@@ -373,6 +598,7 @@ class IMPRun:
                 fraction=min(done / self.trainings_total, 1.0),
                 metrics=metrics,
                 event=event,
+                info=info or {},
             )
         )
 
@@ -391,17 +617,23 @@ class IMPRun:
     def _finish(self, results: list[RoundResult], stop_reason: str) -> RunSummary:
         tolerance = self.spec.pruning.ticket_tolerance
         best = winning_round(results, tolerance)
-        mask = load_tensors(self.paths.mask(best.round))
-        # The lottery ticket: the weights at the rewind point with the winning mask applied.
-        save_tensors(self.paths.ticket, self._masked(self._state(self._rewind_path()), mask))
-        save_tensors(self.paths.final_mask, mask)
-        save_tensors(self.paths.final_trained, load_tensors(self.paths.trained(best.round)))
-        save_tensors(self.paths.dense, load_tensors(self.paths.trained(0)))
+        for chain in self.chains:
+            paths = chain.paths
+            mask = load_tensors(paths.mask(best.round))
+            # The lottery ticket: the weights at the rewind point with the winning mask applied.
+            save_tensors(paths.ticket, self._masked(self._state(self._rewind_path(chain)), mask))
+            save_tensors(paths.final_mask, mask)
+            save_tensors(paths.final_trained, load_tensors(paths.trained(best.round)))
+            save_tensors(paths.dense, load_tensors(paths.trained(0)))
+        ticket, dense = best.stats[TICKET], results[0].stats[TICKET]
         summary = RunSummary(
             ticket_round=best.round,
             ticket_density=best.density,
-            ticket_accuracy=best.ticket.accuracy,
-            dense_accuracy=results[0].ticket.accuracy,
+            ticket_accuracy=ticket.accuracy_mean,
+            dense_accuracy=dense.accuracy_mean,
+            ticket_accuracy_std=ticket.accuracy_std,
+            dense_accuracy_std=dense.accuracy_std,
+            replicates=len(self.chains),
             rounds_completed=len(results) - 1,
             stop_reason=stop_reason,
         )
@@ -460,6 +692,9 @@ def run(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     poll_seconds: float = 1.0,
+    batched: bool = True,
+    threads: ThreadsFn | None = None,
+    cache: TrainingCache | None = None,
 ) -> RunSummary:
     """Run or resume the lottery-ticket procedure for ``spec``, with artifacts in ``out_dir``."""
     return IMPRun(
@@ -469,4 +704,7 @@ def run(
         on_progress=on_progress,
         should_stop=should_stop,
         poll_seconds=poll_seconds,
+        batched=batched,
+        threads=threads,
+        cache=cache,
     ).run()

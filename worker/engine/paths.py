@@ -6,6 +6,8 @@ state/init.safetensors  state/rewind.safetensors
 rounds/<k>/mask.safetensors  rounds/<k>/trained.safetensors  rounds/<k>/metrics.json
 rounds/<k>/<control>/trained.safetensors  rounds/<k>/<control>/metrics.json
 rounds/<k>/random_prune/mask.safetensors
+rounds/<k>/stack-<digest>.safetensors      (the checkpoint of networks trained stacked)
+replicates/<r>/...                           (replicate r >= 1: the same layout, rounds.json aside)
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ TICKET = "ticket"
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
+
+    def replicate(self, r: int) -> RunPaths:
+        """Replicate r's files: replicate 0 is the run itself."""
+        return self if r == 0 else RunPaths(self.root / "replicates" / str(r))
+
+    def stack_checkpoint(self, k: int, digest: str) -> Path:
+        return self.round_dir(k) / f"stack-{digest}.safetensors"
 
     def round_dir(self, k: int) -> Path:
         return self.root / "rounds" / str(k)

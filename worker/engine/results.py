@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from api_schemas.results import RoundResult, Variant, VariantResult
+import statistics
+
+from api_schemas.results import RoundResult, Variant, VariantResult, VariantStats
 from worker.engine.train import TrainOutcome
 
 
@@ -37,12 +39,44 @@ def summarize(variant: str, outcome: TrainOutcome) -> VariantResult:
     )
 
 
+def variant_stats(results: list[VariantResult]) -> VariantStats:
+    """Mean and population standard deviation of one network's numbers over replicates."""
+
+    def mean_std(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+
+    accuracy = mean_std([r.accuracy for r in results])
+    selection = mean_std([r.selection_accuracy for r in results])
+    final = mean_std([r.final_test_accuracy for r in results])
+    steps = [float(r.early_stop_step) for r in results if r.early_stop_step is not None]
+    early = mean_std(steps) if len(steps) == len(results) else (None, None)
+    return VariantStats(
+        variant=results[0].variant,
+        n=len(results),
+        accuracy_mean=accuracy[0],
+        accuracy_std=accuracy[1],
+        selection_accuracy_mean=selection[0],
+        selection_accuracy_std=selection[1],
+        final_test_accuracy_mean=final[0],
+        final_test_accuracy_std=final[1],
+        early_stop_step_mean=early[0],
+        early_stop_step_std=early[1],
+    )
+
+
+def selection_accuracy(result: RoundResult) -> float:
+    """What a round is judged by: the ticket's mean validation accuracy over replicates."""
+    stats = result.stats.get("ticket")
+    return stats.selection_accuracy_mean if stats is not None else result.ticket.selection_accuracy
+
+
 def winning_round(results: list[RoundResult], tolerance: float) -> RoundResult:
     """The sparsest round whose selection accuracy is within ``tolerance`` of the dense net's.
 
     Selection uses validation accuracy when a split was held out, so the choice never peeks at
-    the test set. Round 0 (the dense net) wins when no pruned round qualifies.
+    the test set, averaged over replicates. Round 0 (the dense net) wins when no pruned round
+    qualifies.
     """
-    dense = results[0].ticket.selection_accuracy
-    qualifying = [r for r in results if r.ticket.selection_accuracy >= dense - tolerance - 1e-12]
+    dense = selection_accuracy(results[0])
+    qualifying = [r for r in results if selection_accuracy(r) >= dense - tolerance - 1e-12]
     return min(qualifying, key=lambda r: (r.density, -r.round))

@@ -13,3 +13,8 @@ def derive_seed(seed: int, *tags: object) -> int:
     """A 63-bit seed determined by ``seed`` and the ``tags`` naming its use."""
     text = ":".join([str(seed), *map(str, tags)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def replicate_seed(seed: int, replicate: int) -> int:
+    """Replicate 0 is the job's own seed; the others are derived from it (and fit a spec seed)."""
+    return seed if replicate == 0 else derive_seed(seed, "replicate", replicate) % 2**31

@@ -1,13 +1,16 @@
-"""Datasets held in memory, normally as ready-to-use float32 tensors on the training device.
+"""Datasets held in memory in their stored dtype, normally on the training device.
 
-With the whole split on the device a batch is one ``index_select``: no loader processes, no
-host-to-device copy per step. Data too large for that (over DEVICE_RESIDENT_BYTES as float32)
-stays on the host in its stored dtype and is preprocessed batch by batch instead.
+With the whole split on the device a batch is one ``index_select`` plus a few elementwise ops:
+no loader processes, no host-to-device copy per step. The split stays as stored (uint8 images
+take a quarter of the memory of float32) and is scaled and normalised batch by batch. Data too
+large for the device (over DEVICE_RESIDENT_BYTES as stored) stays on the host and is copied
+over batch by batch instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -21,7 +24,9 @@ from worker.engine.data.normalize import Preprocess, fit, to_unit
 from worker.engine.data.order import epoch_permutation, holdout, iterations_per_epoch, locate
 
 DEVICE_RESIDENT_BYTES = 4 * 2**30
-_CHUNK = 4096  # examples preprocessed at a time, bounding the temporary memory
+_CHUNK = 4096  # examples scaled at a time while fitting the statistics, bounding the memory
+
+Part = Literal["train", "validation", "test"]
 
 
 class TensorBatches:
@@ -31,14 +36,13 @@ class TensorBatches:
         self,
         x: Tensor,
         y: Tensor,
-        prepare: Callable[[Tensor], Tensor],
+        preprocess: Preprocess,
         batch_size: int,
         seed: int,
         augment: Augmenter | None,
-        device: torch.device,
     ) -> None:
         self.iterations_per_epoch = iterations_per_epoch(len(x), batch_size)
-        self._x, self._y, self._prepare, self._device = x, y, prepare, device
+        self._x, self._y, self._preprocess = x, y, preprocess
         self._batch_size, self._seed, self._augment = batch_size, seed, augment
         self._epoch = -1
         self._order = torch.empty(0, dtype=torch.long)
@@ -49,8 +53,8 @@ class TensorBatches:
             order = epoch_permutation(len(self._x), self._seed, epoch)
             self._order, self._epoch = order.to(self._x.device), epoch
         indices = self._order[index * self._batch_size : (index + 1) * self._batch_size]
-        x = self._prepare(self._x.index_select(0, indices))
-        y = self._y.index_select(0, indices.to(self._y.device)).to(self._device)
+        x = self._preprocess.fresh(self._x.index_select(0, indices))
+        y = self._y.index_select(0, indices.to(self._y.device)).to(self._preprocess.device)
         if self._augment is not None:
             x = self._augment(x, step)
         return x, y
@@ -83,15 +87,13 @@ class TensorDataset:
         if spec.normalize:
             chunks = (to_unit(x_train[i : i + _CHUNK]) for i in range(0, len(x_train), _CHUNK))
             preprocess = fit(chunks, device, images)
+        self._preprocess = preprocess
         self._augment_fill = preprocess.black(self.input_shape[0]) if images else None
 
         splits = [(x_train, y_train), (x_val, y_val), (examples.x_test, examples.y_test)]
-        elements = sum(x.numel() for x, _ in splits)
-        self.resident = elements * 4 <= DEVICE_RESIDENT_BYTES
-        self._prepare: Callable[[Tensor], Tensor] = preprocess
+        self.resident = sum(_nbytes(x) + _nbytes(y) for x, y in splits) <= DEVICE_RESIDENT_BYTES
         if self.resident:
-            splits = [(_preprocessed(x, preprocess), y.to(device)) for x, y in splits]
-            self._prepare = _identity
+            splits = [(x.to(device), y.to(device)) for x, y in splits]
         self._splits = {"train": splits[0], "validation": splits[1], "test": splits[2]}
 
         self.num_classes = examples.num_classes
@@ -102,29 +104,22 @@ class TensorDataset:
         self.fingerprint = fingerprint(data_digest, spec, seed)
         self._augment = spec.augment
 
+    def stored(self, split: Part) -> tuple[Tensor, Tensor]:
+        """The examples and labels of ``split`` ("train" too) as held: stored dtype, unscaled."""
+        return self._splits[split]
+
     def train_batches(self, batch_size: int, seed: int) -> TensorBatches:
         augment = Augmenter(seed, self._augment_fill) if self._augment else None
         x, y = self._splits["train"]
-        return TensorBatches(x, y, self._to_device, batch_size, seed, augment, self.device)
+        return TensorBatches(x, y, self._preprocess, batch_size, seed, augment)
 
     def eval_batches(self, split: Split, batch_size: int = 1000) -> Iterator[tuple[Tensor, Tensor]]:
         """The split in order, in chunks, without augmentation (empty if nothing was held out)."""
         x, y = self._splits[split]
         for start in range(0, len(x), batch_size):
             end = start + batch_size
-            yield self._to_device(x[start:end]), y[start:end].to(self.device)
-
-    def _to_device(self, x: Tensor) -> Tensor:
-        return self._prepare(x).to(self.device)
+            yield self._preprocess(x[start:end]), y[start:end].to(self.device)
 
 
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
-def _preprocessed(x: Tensor, preprocess: Preprocess) -> Tensor:
-    """``preprocess(x)`` built chunk by chunk, so peak memory is the result plus one chunk."""
-    out = torch.empty(x.shape, dtype=torch.float32, device=preprocess.device)
-    for start in range(0, len(x), _CHUNK):
-        out[start : start + _CHUNK] = preprocess(x[start : start + _CHUNK])
-    return out
+def _nbytes(x: Tensor) -> int:
+    return x.numel() * x.element_size()

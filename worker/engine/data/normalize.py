@@ -13,21 +13,37 @@ import torch
 from torch import Tensor
 
 
-def to_unit(x: Tensor) -> Tensor:
-    """float32 examples; uint8 pixels are scaled to [0, 1]. Never aliases ``x``."""
-    return x.float().div(255) if x.dtype == torch.uint8 else x.float().clone()
+def to_unit(x: Tensor, *, owned: bool = False) -> Tensor:
+    """float32 examples; uint8 pixels are scaled to [0, 1].
+
+    Never aliases ``x`` unless ``owned`` says the caller is done with it, so a float32 batch that
+    was just gathered is scaled in place instead of copied once more.
+    """
+    unit = x.to(torch.float32, copy=not owned)
+    return unit.div_(255) if x.dtype == torch.uint8 else unit
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Moves a batch of stored examples to the device as normalised float32."""
+    """Moves a batch of stored examples to the device as normalised float32.
+
+    Applied per batch, so the splits can stay in their stored dtype; ``mean`` and ``std`` live
+    on the device already, making it one copy and a few in-place elementwise ops.
+    """
 
     device: torch.device
     mean: Tensor | None = None  # broadcastable to a batch; None: no standardisation
     std: Tensor | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = to_unit(x.to(self.device, non_blocking=True))
+        """``x`` normalised on the device; ``x`` itself (a view of a split, say) is untouched."""
+        return self._standardised(to_unit(x.to(self.device, non_blocking=True)))
+
+    def fresh(self, x: Tensor) -> Tensor:
+        """As calling it, but may write into ``x``: for a batch its caller has just gathered."""
+        return self._standardised(to_unit(x.to(self.device, non_blocking=True), owned=True))
+
+    def _standardised(self, x: Tensor) -> Tensor:
         if self.mean is not None and self.std is not None:
             x = x.sub_(self.mean).div_(self.std)
         return x
