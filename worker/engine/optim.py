@@ -64,8 +64,77 @@ def constant(lr: float, total: int) -> Schedule:
     return Schedule(lr=lr, kind="constant", total=total)
 
 
+class LeanAdam(torch.optim.Adam):
+    """torch's fused Adam (and AdamW) with its per-step Python bookkeeping done once.
+
+    ``Adam.step`` regroups every tensor by device and dtype and re-reads every state on every
+    step, which for a small network costs about as much as the fused kernel itself (0.5 ms a
+    step for LeNet-300-100 on one core), and more so for the many tensors of a stacked
+    training. After the first step (which torch's own code runs, creating the state) this calls
+    the same kernel with the same arguments on cached lists, so the numbers are identical.
+    """
+
+    _lean: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
+
+    def _lean_ready(self) -> bool:
+        if len(self.param_groups) != 1:
+            return False
+        group = self.param_groups[0]
+        plain = group["fused"] and not (
+            group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"]
+        )
+        params: list[torch.Tensor] = group["params"]
+        if not plain or any(p not in self.state for p in params):
+            return False
+        if not hasattr(self, "_lean") or self._lean[0] != params:
+            states = [self.state[p] for p in params]
+            self._lean = (
+                list(params),
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states],
+            )
+        return True
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        if closure is not None or not self._lean_ready():
+            return super().step(closure)
+        params, exp_avgs, exp_avg_sqs, steps = self._lean
+        grads = [p.grad for p in params]
+        if any(g is None for g in grads):
+            return super().step()
+        group = self.param_groups[0]
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        kernel(
+            params,
+            grads,  # type: ignore[arg-type]
+            exp_avgs,
+            exp_avg_sqs,
+            [],
+            steps,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+        return None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if hasattr(self, "_lean"):
+            del self._lean
+
+
 def build_optimizer(
-    params: Iterable[nn.Parameter], training: TrainingSpec
+    params: Iterable[torch.Tensor], training: TrainingSpec
 ) -> torch.optim.Optimizer:
     """The spec's optimizer; its learning rate is overwritten every step from the schedule.
 
@@ -82,8 +151,8 @@ def build_optimizer(
             "nesterov": training.nesterov and training.momentum > 0,
         }
     else:
-        optimizer_class = torch.optim.Adam if training.optimizer == "adam" else torch.optim.AdamW
-        kwargs = {}
+        optimizer_class = LeanAdam
+        kwargs = {"decoupled_weight_decay": training.optimizer == "adamw"}
     kwargs |= {"lr": training.lr, "weight_decay": training.weight_decay}
     try:
         return optimizer_class(params, fused=True, **kwargs)

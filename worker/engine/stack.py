@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,24 +69,45 @@ def _stacked_bias(siblings: Sequence[nn.Module], *, unsqueeze: bool) -> nn.Param
     return nn.Parameter(stacked.unsqueeze(1) if unsqueeze else stacked)
 
 
+class _BatchedLinear(torch.autograd.Function):
+    """``x @ W^T + b`` per sibling, with the backward written as ``nn.Linear``'s is computed
+    (the weight gradient as ``g^T @ x``, not transposed afterwards), so that gradients too are
+    bit-identical to each layer's alone."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias, x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(dim=1, keepdim=True) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
 class StackedLinear(nn.Module):
-    """S linear layers. The weight is stored ``(S, in, out)`` (each sibling's transposed) so the
-    batched matmul reads it contiguously; input ``(B, S*in)`` or ``(S, B, in)``, output
-    ``(S, B, out)``."""
+    """S linear layers: weight ``(S, out, in)``, bias ``(S, 1, out)``; input ``(B, S*in)`` or
+    ``(S, B, in)``, output ``(S, B, out)``. The batched matmul reads the weight transposed, as
+    ``nn.Linear`` does, which makes each sibling's result bit-identical to the layer alone."""
 
     def __init__(self, siblings: Sequence[nn.Linear]) -> None:
         super().__init__()
         self.size = len(siblings)
         self.in_features = siblings[0].in_features
-        self.weight = nn.Parameter(torch.stack([s.weight.detach().t() for s in siblings]))
+        self.weight = nn.Parameter(torch.stack([s.weight.detach() for s in siblings]))
         self.bias = _stacked_bias(siblings, unsqueeze=True)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
             x = x.view(x.shape[0], self.size, self.in_features).transpose(0, 1)
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
+        out: Tensor = _BatchedLinear.apply(x, self.weight, self.bias)
+        return out
 
 
 class StackedConv2d(nn.Module):
@@ -207,6 +229,7 @@ class StackedModel(nn.Module):
         super().__init__()
         self.net = net
         self.size = size
+        self._aliases: list[list[Tensor]] = []
         self._linear = {
             name for name, module in net.named_modules() if isinstance(module, StackedLinear)
         }
@@ -244,22 +267,15 @@ class StackedModel(nn.Module):
 
     # ---- translating states -------------------------------------------------------------------
 
-    def _is_linear_weight(self, key: str) -> bool:
-        return key.endswith(".weight") and key.rpartition(".")[0] in self._linear
-
     def _is_linear_bias(self, key: str) -> bool:
         return key.endswith(".bias") and key.rpartition(".")[0] in self._linear
 
     def _from_single(self, key: str, value: Tensor) -> Tensor:
-        if self._is_linear_weight(key):
-            return value.t()
         if self._is_linear_bias(key):
             return value.unsqueeze(0)
         return value
 
     def _to_single(self, key: str, value: Tensor) -> Tensor:
-        if self._is_linear_weight(key):
-            return value.t().contiguous()
         if self._is_linear_bias(key):
             return value.squeeze(0).contiguous()
         return value.contiguous()
@@ -287,6 +303,27 @@ class StackedModel(nn.Module):
                 target.copy_(value)
             else:
                 target[index].copy_(self._from_single(key, value))
+
+    # ---- the optimizer's view ------------------------------------------------------------------
+
+    def sibling_parameters(self) -> list[Tensor]:
+        """Every sibling's slice of every parameter, as separate tensors sharing the stack's
+        storage, for the optimizer. Stepping these (after ``share_gradients``) updates the
+        stack in place, and an optimizer sees exactly the tensors it would see for each
+        network alone: fused and multi-tensor kernels then round each sibling's update the
+        same way as for the network alone, and the optimizer state is per sibling."""
+        if not self._aliases:
+            for param in self.net.parameters():
+                self._aliases.append([param.detach()[i] for i in range(self.size)])
+        return [alias for aliases in self._aliases for alias in aliases]
+
+    def share_gradients(self) -> None:
+        """Hand each sibling slice its part of the stacked gradient (views; no copy)."""
+        self.sibling_parameters()
+        for param, aliases in zip(self.net.parameters(), self._aliases, strict=True):
+            grad = param.grad
+            for index, alias in enumerate(aliases):
+                alias.grad = None if grad is None else grad[index]
 
     def stacked_masks(self, masks: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """Per-sibling masks (keyed like the single model's weights) as masks of this stack's

@@ -87,6 +87,18 @@ class Trainee:
         logits: Tensor = self._model(x[0] if per_sibling else x)
         return logits.unsqueeze(0)
 
+    def optimizer_parameters(self) -> list[Tensor]:
+        if self.stacked is not None:
+            return self.stacked.sibling_parameters()
+        return list(self.net.parameters())
+
+    def zero_grad(self) -> None:
+        self.net.zero_grad(set_to_none=True)
+
+    def share_gradients(self) -> None:
+        if self.stacked is not None:
+            self.stacked.share_gradients()
+
     def state(self, index: int) -> dict[str, Tensor]:
         if self.stacked is not None:
             return self.stacked.sibling_state(index)
@@ -125,10 +137,11 @@ def train_step(
     """One optimizer step of every sibling; pruned weights are zero again before it returns.
     Returns the siblings' losses ``(S,)``. The summed loss gives each sibling the gradient of
     its own mean loss."""
-    optimizer.zero_grad(set_to_none=True)
+    trainee.zero_grad()
     with _autocast(x.device, precision):
         losses = sibling_losses(trainee.logits(x, per_sibling).float(), y)
     losses.sum().backward()  # type: ignore[no-untyped-call]
+    trainee.share_gradients()
     optimizer.step()
     enforce_mask()
     return losses.detach()
@@ -278,7 +291,7 @@ def train_siblings(
         raise ValueError(f"{trainee.size} networks but {len(siblings)} siblings")
     model.to(device)
     trainee.train(True)
-    optimizer = build_optimizer(trainee.net.parameters(), training)
+    optimizer = build_optimizer(trainee.optimizer_parameters(), training)
     enforce_mask = MaskEnforcer(trainee.net, mask)
     enforce_mask()
     batches = _Batches(dataset, plan.batch_size, [s.data_seed for s in siblings])
