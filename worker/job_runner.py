@@ -120,6 +120,9 @@ class JobRunner:
 
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
+        from worker.training_cache import StoreTrainingCache
+
+        cache = StoreTrainingCache(self.sessions, tenant_id, job_id, self.settings.artifact_root)
         try:
             run = IMPRun(
                 spec,
@@ -128,6 +131,7 @@ class JobRunner:
                 on_progress=lambda p: self._on_progress(job_id, p, shared),
                 should_stop=lambda: shared.cancel or shared.lost,
                 poll_seconds=min(self.settings.heartbeat_seconds, 1.0),
+                cache=cache,
             )
             self._check_limits(run, count_parameters(run.model))
             summary = run.run()
@@ -213,7 +217,14 @@ class JobRunner:
     # ---- reporting ----------------------------------------------------------------------------
 
     def _on_progress(self, job_id: str, p: Any, shared: _Shared) -> None:
-        """Called by the engine: keep the latest progress; log rounds and evaluations."""
+        """Called by the engine: keep the latest progress; log rounds, evaluations, reused
+        trainings and how the trainings run."""
+        if p.event == "reused":
+            self._event(job_id, shared, "reuse", dict(p.info))
+            return
+        if p.event == "execution":
+            self._event(job_id, shared, "execution", dict(p.info))
+            return
         with shared.lock:
             if shared.start_fraction is None:
                 shared.start_fraction, shared.started = p.fraction, time.monotonic()
@@ -233,7 +244,7 @@ class JobRunner:
         if p.event == "round_done":
             self._event(job_id, shared, "round", {"round": p.round, **p.metrics})
         elif p.event == "eval":
-            data = {"round": p.round, "variant": p.variant, "step": p.step, **p.metrics}
+            data = {"round": p.round, "variant": p.variant, "step": p.step, **p.info, **p.metrics}
             self._event(job_id, shared, "progress", data)
 
     def _event(self, job_id: str, shared: _Shared, kind: EventType, data: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 from api_schemas.spec import DatasetSpec
 from worker.engine.data import DataConfig, Dataset, load_dataset, resolve_path, synthetic
 from worker.engine.data.augment import PAD, crop_and_flip
-from worker.engine.data.device import TensorDataset
+from worker.engine.data.device import Part, TensorDataset
 from worker.engine.errors import DataError, SpecError
 
 CPU = torch.device("cpu")
@@ -240,6 +240,10 @@ def test_real_fashion_mnist_idx(fashion_mnist_dir: Path) -> None:
     assert (data.train_size, data.validation_size, data.test_size) == (55000, 5000, 10000)
     x, _ = data.train_batches(55000, seed=0).batch(0)
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-3
+    assert isinstance(data, TensorDataset)
+    stored, _ = data.stored("train")
+    assert stored.dtype == torch.uint8 and stored.shape == (55000, 1, 28, 28)
+    assert stored.element_size() * stored.numel() == 55000 * 28 * 28  # 43 MB, not 172 MB
 
 
 # --- corrupt data ---------------------------------------------------------------------------
@@ -490,3 +494,98 @@ def test_host_resident_path_matches_device_path(
             on_host.eval_batches(split, 5), on_device.eval_batches(split, 5), strict=True
         ):
             assert torch.allclose(xh, xd) and torch.equal(yh, yd)
+
+
+def tensor_dataset(uri: str, root: Path, **spec: Any) -> TensorDataset:
+    data = load(uri, root, **spec)
+    assert isinstance(data, TensorDataset)
+    return data
+
+
+def test_idx_splits_stay_uint8(tmp_path: Path) -> None:
+    """Pixels are held as stored, one byte each, and only batches are float32."""
+    uri = f"idx://{idx_dir(tmp_path / 'mnist')}"
+    data = tensor_dataset(uri, tmp_path, validation_size=5)
+    assert data.resident
+    parts: list[tuple[Part, int]] = [("train", 25), ("validation", 5), ("test", 10)]
+    for split, count in parts:
+        x, y = data.stored(split)
+        assert x.dtype == torch.uint8 and x.shape == (count, 1, 28, 28)
+        assert x.element_size() * x.numel() == count * 28 * 28
+        assert y.dtype == torch.int64
+    assert data.train_batches(5, seed=0).batch(0)[0].dtype == torch.float32
+    assert next(data.eval_batches("test"))[0].dtype == torch.float32
+
+
+def test_residency_counts_stored_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uint8 data four times over the limit as float32 still fits if its stored bytes do."""
+    np.savez(tmp_path / "set.npz", **arrays((3, 8, 8)))
+    uri = f"npz://{tmp_path / 'set.npz'}"
+    stored = 52 * 3 * 8 * 8 + 52 * 8  # uint8 examples and int64 labels of 40 + 12
+    monkeypatch.setattr("worker.engine.data.device.DEVICE_RESIDENT_BYTES", stored)
+    assert tensor_dataset(uri, tmp_path).resident
+    monkeypatch.setattr("worker.engine.data.device.DEVICE_RESIDENT_BYTES", stored - 1)
+    assert not tensor_dataset(uri, tmp_path).resident
+
+
+def test_eval_chunks_are_the_float32_preprocessing_of_the_raw_examples(tmp_path: Path) -> None:
+    raw = arrays((3, 8, 8))
+    np.savez(tmp_path / "set.npz", **raw)
+    data = tensor_dataset(f"npz://{tmp_path / 'set.npz'}", tmp_path)
+    unit_train = torch.from_numpy(raw["x_train"]).double() / 255
+    mean = unit_train.mean(dim=(0, 2, 3), keepdim=True).float()
+    std = unit_train.std(dim=(0, 2, 3), keepdim=True, unbiased=False).float()
+    expected = (torch.from_numpy(raw["x_test"]).float() / 255 - mean) / std
+    chunks = [x for x, _ in data.eval_batches("test", batch_size=5)]
+    assert [len(x) for x in chunks] == [5, 5, 2]
+    assert torch.allclose(torch.cat(chunks), expected, rtol=0, atol=1e-6)
+    assert data.stored("test")[0].dtype == torch.uint8  # scaled copies, the split untouched
+    assert torch.equal(data.stored("test")[0], torch.from_numpy(raw["x_test"]))
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_uint8_batches_equal_a_float32_source_of_the_same_pixels(
+    tmp_path: Path, augment: bool
+) -> None:
+    """The same examples stored as uint8 and pre-scaled float32 give bit-identical batches."""
+    raw = arrays((3, 8, 8), n_train=60)
+    scaled: Arrays = {
+        key: torch.from_numpy(value).float().div(255).numpy() if key[0] == "x" else value
+        for key, value in raw.items()
+    }
+    np.savez(tmp_path / "bytes.npz", **raw)
+    np.savez(tmp_path / "floats.npz", **scaled)
+    spec: dict[str, Any] = {"validation_size": 10, "augment": augment}
+    pixels = tensor_dataset(f"npz://{tmp_path / 'bytes.npz'}", tmp_path, **spec)
+    floats = tensor_dataset(f"npz://{tmp_path / 'floats.npz'}", tmp_path, **spec)
+    assert pixels.stored("train")[0].dtype == torch.uint8
+    assert floats.stored("train")[0].dtype == torch.float32
+    from_pixels = pixels.train_batches(8, seed=3)
+    from_floats = floats.train_batches(8, seed=3)
+    for step in (0, 4, 6, 13):  # across an epoch boundary (6 batches an epoch)
+        x, y = from_pixels.batch(step)
+        x_float, y_float = from_floats.batch(step)
+        assert x.dtype == torch.float32 and torch.equal(x, x_float) and torch.equal(y, y_float)
+    assert not torch.equal(from_pixels.batch(0)[0], from_pixels.batch(6)[0])
+    for split in ("validation", "test"):
+        for (x, y), (x_float, y_float) in zip(
+            pixels.eval_batches(split, 4), floats.eval_batches(split, 4), strict=True
+        ):
+            assert torch.equal(x, x_float) and torch.equal(y, y_float)
+    assert torch.equal(floats.stored("test")[0], torch.from_numpy(scaled["x_test"]))
+
+
+def test_float64_source_stays_float64(tmp_path: Path) -> None:
+    data = indexed()
+    data = _with(
+        data,
+        x_train=data["x_train"].astype(np.float64),
+        x_test=data["x_test"].astype(np.float64) / 2,
+    )
+    np.savez(tmp_path / "set.npz", **data)
+    loaded = tensor_dataset(f"npz://{tmp_path / 'set.npz'}", tmp_path, validation_size=10)
+    assert loaded.stored("train")[0].dtype == loaded.stored("test")[0].dtype == torch.float64
+    x, _ = loaded.train_batches(40, seed=0).batch(0)
+    assert x.dtype == torch.float32 and x.shape == (40, 3) and abs(float(x.mean())) < 1e-5
+    x_test, _ = next(loaded.eval_batches("test"))
+    assert x_test.dtype == torch.float32 and x_test.shape == (10, 3)
