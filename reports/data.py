@@ -3,18 +3,23 @@
 ``rounds.json`` is rewritten after every round, so a report can be drawn mid-run; the manifest
 (written when the run ends) adds the winning ticket. Before it exists the header comes from
 ``spec.json``, which the engine writes when the run starts.
+
+A run of several replicates (independent IMP chains) is shown as mean ± standard deviation;
+files written before replicates existed have no ``stats`` and read as one replicate.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from api_schemas.results import RoundResult, RunSummary
+from api_schemas.results import RoundResult, RunSummary, VariantResult, VariantStats
 from api_schemas.spec import JobSpec
 
 ROUNDS = "rounds.json"
@@ -28,6 +33,58 @@ _rounds_adapter = TypeAdapter(list[RoundResult])
 
 class ReportError(ValueError):
     """The run directory holds nothing to report yet (no rounds)."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One network of one round over the replicates: the mean and its (population) standard
+    deviation, 0 with a single replicate."""
+
+    round: int
+    density: float
+    mean: float
+    std: float
+
+
+def spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation, as the engine computes ``VariantStats``."""
+    return statistics.fmean(values), statistics.pstdev(values)
+
+
+def variant_result(r: RoundResult, variant: str) -> VariantResult | None:
+    """Replicate 0's result of ``variant`` in ``r``; None when it did not train that round."""
+    return r.ticket if variant == "ticket" else r.controls.get(variant)
+
+
+def variant_stats(r: RoundResult, variant: str) -> VariantStats | None:
+    """``r``'s statistics of ``variant`` over the replicates. A round without them (written
+    before replicates existed) is one replicate: its own numbers, deviations 0."""
+    if variant in r.stats:
+        return r.stats[variant]
+    result = variant_result(r, variant)
+    if result is None:
+        return None
+    stop = result.early_stop_step
+    return VariantStats(
+        variant=result.variant,
+        n=1,
+        accuracy_mean=result.accuracy,
+        accuracy_std=0.0,
+        selection_accuracy_mean=result.selection_accuracy,
+        selection_accuracy_std=0.0,
+        final_test_accuracy_mean=result.final_test_accuracy,
+        final_test_accuracy_std=0.0,
+        early_stop_step_mean=None if stop is None else float(stop),
+        early_stop_step_std=None if stop is None else 0.0,
+    )
+
+
+def min_val_loss(r: RoundResult) -> tuple[float, float] | None:
+    """Mean and deviation of the ticket's minimum validation loss over the replicates (the
+    engine keeps no statistic of it); None without a validation split."""
+    losses = [rep.ticket.min_val_loss for rep in r.replicates] or [r.ticket.min_val_loss]
+    known = [loss for loss in losses if loss is not None]
+    return spread(known) if known else None
 
 
 @dataclass(frozen=True)
@@ -47,6 +104,31 @@ class RunView:
     @property
     def dense(self) -> RoundResult:
         return self.rounds[0]
+
+    @property
+    def replicates(self) -> int:
+        """How many independent IMP chains the run trained (1 for files without replicates)."""
+        counts = [s.n for r in self.rounds for s in r.stats.values()]
+        counts += [len(r.replicates) for r in self.rounds]
+        if self.summary is not None:
+            counts.append(self.summary.replicates)
+        return max(counts, default=1)
+
+    def accuracy(self, variant: str) -> list[Point]:
+        """``variant``'s accuracy in each round it trained, over the replicates."""
+        return [
+            Point(r.round, r.density, s.accuracy_mean, s.accuracy_std)
+            for r in self.rounds
+            if (s := variant_stats(r, variant)) is not None
+        ]
+
+    def early_stop(self, variant: str) -> list[Point]:
+        """``variant``'s early-stopping step in each round that has one, over the replicates."""
+        return [
+            Point(r.round, r.density, s.early_stop_step_mean, s.early_stop_step_std or 0.0)
+            for r in self.rounds
+            if (s := variant_stats(r, variant)) is not None and s.early_stop_step_mean is not None
+        ]
 
     @property
     def ticket_round(self) -> RoundResult | None:

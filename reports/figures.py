@@ -2,20 +2,22 @@
 reports can be rendered from several threads of the API server at once).
 
 Accuracy and early stopping are plotted against the percent of weights remaining on a log axis
-that decreases left to right, as Figures 3 and 4 of Frankle & Carbin (2019).
+that decreases left to right, as Figures 3 and 4 of Frankle & Carbin (2019). A run of several
+replicates draws their mean with error bars of one standard deviation, as the paper does.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from api_schemas.results import RoundResult, VariantResult
-from reports.data import RunView
+from api_schemas.results import RoundResult
+from reports.data import Point, RunView, variant_stats
 
 COLORS = {"ticket": "#1f5fa8", "random_reinit": "#d0602c", "random_prune": "#3a8a3a"}
 LABELS = {
@@ -59,34 +61,55 @@ def _density_axis(ax: Axes, densities: Sequence[float]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _series(view: RunView, variant: str) -> list[tuple[RoundResult, VariantResult]]:
-    if variant == "ticket":
-        return [(r, r.ticket) for r in view.rounds]
-    return [(r, r.controls[variant]) for r in view.rounds if variant in r.controls]
-
-
 def _has_validation(view: RunView) -> bool:
     return view.dense.ticket.early_stop_step is not None
 
 
+def _over_replicates(view: RunView) -> str:
+    return f" (mean ± std of {view.replicates} replicates)" if view.replicates > 1 else ""
+
+
+def _dodge(view: RunView, index: int) -> float:
+    """Factor on the density that shifts the ``index``-th variant's error bars sideways by
+    about 1% of the axis width, so that the ticket's and its controls' bars at one density do
+    not hide each other (1 with one replicate: no bars)."""
+    if view.replicates == 1:
+        return 1.0
+    densities = [r.density for r in view.rounds]
+    decades = max(math.log10(max(densities) / min(densities)), 0.2)
+    return float(10 ** (0.012 * decades * (index - len(view.controls) / 2)))
+
+
+def _draw(
+    ax: Axes, view: RunView, index: int, variant: str, points: list[Point], scale: float
+) -> None:
+    """One variant's line; with several replicates its mean with ± one deviation bars."""
+    x = [100 * p.density * _dodge(view, index) for p in points]
+    y = [scale * p.mean for p in points]
+    color, label = COLORS.get(variant), LABELS.get(variant, variant)
+    if view.replicates > 1:
+        yerr = [scale * p.std for p in points]
+        ax.errorbar(x, y, yerr=yerr, capsize=3, marker="o", ms=4, color=color, label=label)
+    else:
+        ax.plot(x, y, marker="o", ms=4, color=color, label=label)
+
+
 def accuracy_axes(ax: Axes, view: RunView) -> None:
-    """(a) Test accuracy versus density: ticket, each control, and the dense net (dashed)."""
-    for variant in ("ticket", *view.controls):
-        points = _series(view, variant)
-        ax.plot(
-            [100 * r.density for r, _ in points],
-            [100 * v.accuracy for _, v in points],
-            marker="o",
-            ms=4,
-            color=COLORS.get(variant),
-            label=LABELS.get(variant, variant),
-        )
-    ax.axhline(100 * view.dense.ticket.accuracy, color=_DENSE, ls="--", lw=1, label="dense")
+    """(a) Test accuracy versus density: ticket, each control, and the dense net (dashed; with
+    several replicates, its ± one deviation band shaded)."""
+    for index, variant in enumerate(("ticket", *view.controls)):
+        _draw(ax, view, index, variant, view.accuracy(variant), 100)
+    dense = view.accuracy("ticket")[0]
+    ax.axhline(100 * dense.mean, color=_DENSE, ls="--", lw=1, label="dense")
+    if view.replicates > 1:
+        low, high = 100 * (dense.mean - dense.std), 100 * (dense.mean + dense.std)
+        ax.axhspan(low, high, color=_DENSE, alpha=0.12, lw=0)
     best = view.ticket_round
-    if best is not None:
+    chosen = None if best is None else variant_stats(best, "ticket")
+    if best is not None and chosen is not None:
         ax.plot(
-            [100 * best.density],
-            [100 * best.ticket.accuracy],
+            [100 * best.density * _dodge(view, 0)],
+            [100 * chosen.accuracy_mean],
             marker="*",
             ms=16,
             color="#f2b701",
@@ -98,14 +121,14 @@ def accuracy_axes(ax: Axes, view: RunView) -> None:
     _density_axis(ax, [r.density for r in view.rounds])
     when = "at early stopping" if _has_validation(view) else "at the end of training"
     ax.set_ylabel(f"test accuracy {when} (%)")
-    ax.set_title("Accuracy as the network is pruned")
+    ax.set_title("Accuracy as the network is pruned" + _over_replicates(view))
     ax.legend(fontsize=8, loc="best")
 
 
 def early_stop_axes(ax: Axes, view: RunView) -> None:
     """(b) Early-stopping iteration (minimum validation loss) versus density."""
     _density_axis(ax, [r.density for r in view.rounds])
-    ax.set_title("Early-stopping iteration")
+    ax.set_title("Early-stopping iteration" + _over_replicates(view))
     ax.set_ylabel("iteration of minimum validation loss")
     if not _has_validation(view):
         ax.text(
@@ -118,20 +141,8 @@ def early_stop_axes(ax: Axes, view: RunView) -> None:
             color=_DENSE,
         )
         return
-    for variant in ("ticket", *view.controls):
-        points = [
-            (100 * r.density, v.early_stop_step)
-            for r, v in _series(view, variant)
-            if v.early_stop_step is not None
-        ]
-        ax.plot(
-            [x for x, _ in points],
-            [y for _, y in points],
-            marker="o",
-            ms=4,
-            color=COLORS.get(variant),
-            label=LABELS.get(variant, variant),
-        )
+    for index, variant in enumerate(("ticket", *view.controls)):
+        _draw(ax, view, index, variant, view.early_stop(variant), 1)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8, loc="lower left")
 
@@ -245,11 +256,12 @@ def curves_figure(view: RunView) -> Figure:
             axes[1].plot([s for s, _ in val], [v for _, v in val], color=color, label=label)
             if at_stop and at_stop[0].val_loss is not None:
                 axes[1].plot([stop], [at_stop[0].val_loss], marker="o", color=color)
+    whose = " of replicate 0" if view.replicates > 1 else ""
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].set_title("Ticket training: test accuracy (dot: early stopping)")
+    axes[0].set_title(f"Ticket training{whose}: test accuracy (dot: early stopping)")
     if with_val:
         axes[1].set_ylabel("validation loss")
-        axes[1].set_title("Ticket training: validation loss")
+        axes[1].set_title(f"Ticket training{whose}: validation loss")
     for ax in axes:
         ax.set_xlabel("training iteration")
         ax.grid(alpha=0.3)

@@ -43,12 +43,18 @@ def write_report(run_dir: Path, *, stem: str = "report") -> tuple[Path, Path]:
 
     view = load_run(run_dir)
     summary_png = png(summary_figure(view, _title(view)))
+    spread = (
+        f" Each point is the mean of {view.replicates} replicates, its bar ± one standard "
+        "deviation."
+        if view.replicates > 1
+        else ""
+    )
     figures = [
         (
             "Accuracy and early stopping versus weights remaining",
             "Left: test accuracy of the winning ticket and its controls versus percent of weights "
             "remaining (log axis), dense accuracy dashed. Right: early-stopping iteration versus "
-            "percent of weights remaining.",
+            "percent of weights remaining." + spread,
             summary_png,
         ),
         (

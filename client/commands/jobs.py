@@ -1,4 +1,4 @@
-"""``lth jobs``: list, show, cancel, follow, wait for and download jobs."""
+"""``lth jobs``: list, show, cancel, follow, wait for and download jobs, and show their rounds."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import click
 
 from api_schemas.jobs import Job
 from client.commands.common import EPILOG, JOB_STATUS_EXIT, ExitCode, Output, api_command
-from client.commands.render import event_line, job_detail, jobs_table, outcome
-from client.commands.waiting import poll_option, wait_for
+from client.commands.render import event_line, job_detail, jobs_table, outcome, rounds_table
+from client.commands.waiting import poll_option, show_end, wait_for
 from client.sdk import Client
 from client.sdk.paging import MAX_JOB_PAGE
 
@@ -66,6 +66,22 @@ def show(client: Client, out: Output, job_id: str) -> None:
         return
     rounds = client.rounds(job_id) if job.status != "queued" else []
     out.result(job, job_detail(job, rounds))
+
+
+@jobs.command(epilog=EPILOG)
+@click.argument("job_id")
+@api_command
+def rounds(client: Client, out: Output, job_id: str) -> None:
+    """Per-round results of JOB_ID so far: the ticket's and its controls' accuracy, as
+    mean ± std when the job ran several replicates (--json: the rounds as the API serves
+    them, every replicate's results included)."""
+    found = client.rounds(job_id)
+    if out.as_json:
+        out.result(found)
+        return
+    job = client.get_job(job_id)
+    ticket_round = job.result.ticket_round if job.result else None
+    out.result(found, rounds_table(found, ticket_round) if found else "No round has finished yet.")
 
 
 @jobs.command(epilog=EPILOG)
@@ -144,8 +160,9 @@ def download(
 @poll_option
 @api_command
 def wait(client: Client, out: Output, job_id: str, poll_interval: float) -> ExitCode:
-    """Wait for JOB_ID to end, showing progress; the exit code tells how it ended."""
+    """Wait for JOB_ID to end, showing progress, then its rounds if it succeeded; the exit code
+    tells how it ended."""
     job: Job = wait_for(client, out, job_id, poll_interval)
     out.note(outcome(job))
-    out.result(job)
+    show_end(client, out, job)
     return JOB_STATUS_EXIT[job.status]

@@ -9,7 +9,7 @@ import click
 from client.commands.common import EPILOG, JOB_STATUS_EXIT, ExitCode, Output, api_command
 from client.commands.render import outcome
 from client.commands.spec_file import load_spec
-from client.commands.waiting import poll_option, wait_for
+from client.commands.waiting import poll_option, show_end, wait_for
 from client.sdk import Client
 
 
@@ -42,7 +42,8 @@ def submit(
     """Submit the job in SPEC_FILE (JSON or YAML, a JobSpec).
 
     The spec is checked locally first; every invalid field is listed with its path. With
-    --wait the exit code tells how the job ended; Ctrl-C stops waiting, not the job.
+    --wait the exit code tells how the job ended and a job that succeeded shows its rounds;
+    Ctrl-C stops waiting, not the job.
     """
     spec = load_spec(spec_file)
     job = client.create_job(spec, idempotency_key=idempotency_key)
@@ -55,5 +56,5 @@ def submit(
     if download is not None and job.status == "succeeded":
         paths = client.download_all(job.id, download)
         out.note(f"Downloaded {len(paths)} artifacts (sha256 checked) into {download}")
-    out.result(job)
+    show_end(client, out, job)
     return JOB_STATUS_EXIT[job.status]

@@ -79,6 +79,9 @@ def test_submit_wait_download_and_inspect(
 
     waited = server.cli("jobs", "wait", job["id"], "--json")
     assert waited.returncode == 0 and parse(waited)["id"] == job["id"]
+    waited_human = server.cli("jobs", "wait", job["id"])
+    assert waited_human.returncode == 0 and "Rounds (accuracy" in waited_human.stdout
+    assert "succeeded" in waited_human.stderr
 
     models = server.cli("models", "--json")
     assert models.returncode == 0 and "lenet_300_100" in [m["name"] for m in parse(models)]

@@ -21,6 +21,7 @@ import pytest
 from matplotlib.image import imread
 
 from reports import ReportError, write_report
+from tests.report.replicated import write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: Hosts Chromium itself calls (clock, component updates, accounts) whatever the page holds.
@@ -232,6 +233,24 @@ def test_renders_in_chromium(run_copy: Path, chromium: str, tmp_path: Path) -> N
     assert all((i["src"] or "").startswith("data:image/png;base64,") for i in images)
     assert all(i["alt"] for i in images)
     assert page_requests(dom) == []
+
+
+@pytest.mark.e2e
+def test_replicates_render_in_chromium(chromium: str, tmp_path: Path) -> None:
+    """A run of three replicates: error bars in the figures, mean ± std in the page."""
+    html_path, _ = write_report(write_run(tmp_path / "run"))
+    shot = tmp_path / "shot.png"
+    rendered = visit(chromium, html_path, f"--screenshot={shot}")
+    assert not [line for line in rendered.console if any(t in line for t in CONSOLE_TROUBLE)]
+    assert page_requests(rendered) == []
+    pixels = imread(shot)[..., :3]
+    ticket_blue = np.all(np.abs(pixels - np.array([31, 95, 168]) / 255) < 0.06, axis=-1)
+    assert ticket_blue.sum() > 500
+
+    dom = visit(chromium, html_path, "--dump-dom").dom
+    assert "92.00% ± 0.82 (mean of 3 replicates)" in dom
+    assert "<td>83.33% ± 2.49</td>" in dom and "over 3 replicates" in dom
+    assert len(images_in(dom)) == 3
 
 
 @pytest.mark.e2e

@@ -97,7 +97,7 @@ class LeanAdam(torch.optim.Adam):
         return True
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Any = None) -> Any:
         if closure is not None or not self._lean_ready():
             return super().step(closure)
         params, exp_avgs, exp_avg_sqs, steps = self._lean
