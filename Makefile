@@ -39,9 +39,16 @@ test: lint typecheck
 demo: install
 	$(VENV)/bin/lth demo
 
+# Every benchmark runs even when one fails; the summary is written either way, and the target
+# fails if any benchmark did.
 bench: install
-	$(PY) -m bench.throughput
-	$(PY) -m bench.lenet_fashion_mnist
+	@status=0; \
+	for name in throughput lenet_fashion_mnist search_cost overheads concurrency; do \
+		echo "== bench.$$name"; \
+		$(PY) -m bench.$$name || { echo "bench.$$name failed"; status=1; }; \
+	done; \
+	$(PY) -m bench.summary; \
+	exit $$status
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -49,7 +49,10 @@ class VariantResult(BaseModel):
         "early-stopping step, else the final test accuracy."
     )
     train_steps: int = Field(description="Iterations trained (from the rewind step to the end).")
-    wall_time_s: float = Field(description="Seconds spent training and evaluating.")
+    wall_time_s: float = Field(
+        description="Seconds spent training and evaluating; for networks trained stacked, the "
+        "time of the whole stack (shared by its networks)."
+    )
     curve: list[EvalPoint] = Field(description="Every evaluation, in step order.")
 
 

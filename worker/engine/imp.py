@@ -164,6 +164,7 @@ class IMPRun:
         self.stack_reason = "batching is off" if not batched else reason
         self.max_stack = max(1, STACK_PARAMETER_BUDGET // max(count_parameters(self.model), 1))
         self._keys: dict[int, list[str]] = {}
+        self._round_seconds: dict[int, float] = {}  # training time of each round, this call
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -434,9 +435,7 @@ class IMPRun:
             "density": result.density,
             "remaining_weights": float(result.remaining_weights),
             "accuracy": stats[TICKET].accuracy_mean,
-            "wall_time_s": sum(
-                v.wall_time_s for r in replicates for v in [r.ticket, *r.controls.values()]
-            ),
+            "wall_time_s": self._round_seconds.pop(k, 0.0),
             **{f"{name}_accuracy": s.accuracy_mean for name, s in stats.items() if name != TICKET},
         }
         if len(replicates) > 1:
@@ -544,6 +543,7 @@ class IMPRun:
             poll_seconds=self.poll_seconds,
             threads=self.threads,
         )
+        self._round_seconds[k] = self._round_seconds.get(k, 0.0) + outcomes[0].wall_time_s
         for index, (member, outcome) in enumerate(zip(group, outcomes, strict=True)):
             paths, variant = member.chain.paths, member.variant
             state = stack.sibling_state(index) if len(group) > 1 else net.state_dict()
