@@ -1,7 +1,9 @@
 """``lth serve`` (the API, plus an embedded worker by default) and ``lth keys``.
 
 ``lth serve`` alone is a whole service on one machine: SQLite and the embedded broker under
-``LTH_HOME``, the API on ``--host``/``--port``, and a worker process it restarts if it dies. With
+``LTH_HOME``, the API on ``--host``/``--port``, and a worker it restarts if it dies, running as
+many jobs at once as ``lth worker`` would (``LTH_WORKER_CONCURRENCY``; by default one per usable
+CPU core, since this worker is pinned to no GPU). With
 ``LTH_DATABASE_URL``/``LTH_BROKER_URL`` pointing at PostgreSQL and Redis, and ``--no-worker``,
 it is the API tier of a deployment whose workers run elsewhere (``lth worker``).
 """
@@ -23,7 +25,11 @@ log = logging.getLogger("lth.serve")
 
 
 class WorkerSupervisor:
-    """Keeps one ``python -m worker`` process alive, restarting it (with backoff) if it dies."""
+    """Keeps one ``python -m worker`` process alive, restarting it (with backoff) if it dies.
+
+    It is started exactly as ``lth worker`` with no options, from the same environment, so its
+    number of slots follows ``LTH_WORKER_CONCURRENCY`` with the same default.
+    """
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
@@ -80,7 +86,8 @@ def _is_loopback(host: str) -> bool:
     "with_worker",
     default=True,
     show_default=True,
-    help="Also run (and keep alive) one worker process on this machine.",
+    help="Also run (and keep alive) a worker on this machine, running LTH_WORKER_CONCURRENCY "
+    "jobs at once (default: one per usable CPU core).",
 )
 def serve(host: str | None, port: int | None, with_worker: bool) -> None:
     """Run the HTTP API (and by default a worker) with settings from LTH_* variables."""

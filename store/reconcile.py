@@ -1,10 +1,11 @@
 """The reconciler: the database, not the broker, decides which jobs still need a worker.
 
 It re-enqueues running jobs whose worker stopped heartbeating (killed, machine lost, or an
-embedded broker that never redelivers) and queued jobs nobody took although a live worker sits
-idle (a message lost with a broker that lost its data). Jobs merely waiting behind busy workers
-are left alone. Enqueueing twice is harmless: workers claim with a compare-and-set, and a
-redelivered running job is only taken over once its heartbeat is stale.
+embedded broker that never redelivers) and queued jobs nobody took although a live worker has a
+free slot (a message lost with a broker that lost its data); a worker has as many slots as jobs
+it runs at once. Jobs merely waiting behind busy workers are left alone. Enqueueing twice is
+harmless: workers claim with a compare-and-set, and a redelivered running job is only taken over
+once its heartbeat is stale.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.jobs import count_running_jobs, stale_queued_jobs, stale_running_jobs
-from store.workers import live_workers
+from store.workers import live_slots
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ class Reconciler:
 
     def tick(self) -> list[str]:
         """Re-enqueue what needs it; returns the job ids sent. A job is sent again at most once
-        per staleness period, and queued jobs only as many as there are idle live workers."""
+        per staleness period, and queued jobs only as many as the live workers have free slots."""
         with self.sessions() as session:
             running = [job.id for job in stale_running_jobs(session, self.stale_after)]
             queued = [job.id for job in stale_queued_jobs(session, self.queued_after)]
             if queued:
-                idle = len(live_workers(session, self.stale_after)) - count_running_jobs(session)
+                idle = live_slots(session, self.stale_after) - count_running_jobs(session)
                 queued = queued[: max(idle, 0)]
         now = time.monotonic()
         horizon = 2 * max(self.stale_after, self.queued_after).total_seconds()

@@ -127,10 +127,19 @@ class Settings(BaseSettings):
         "fails with code `too_many_attempts`.",
     )
     torch_threads: int = Field(
-        default=1,
+        default=0,
         ge=0,
-        description="CPU threads per training job (0: torch's default). One thread per job is "
-        "as fast at small batches and keeps concurrent jobs from fighting over cores.",
+        description="CPU threads per training job. 0: the host's usable cores are shared among "
+        "its running jobs, re-divided about once a second as jobs start and end, so a job alone "
+        "uses them all and concurrent jobs never fight over cores; N > 0: every job uses "
+        "exactly N threads.",
+    )
+    worker_concurrency: int = Field(
+        default=0,
+        ge=0,
+        description="Jobs one worker runs at once (one process each). 0: one per usable CPU core "
+        "for a CPU worker, 1 for a worker pinned to a GPU with `--gpu N`; `lth worker "
+        "--concurrency N` overrides it.",
     )
     worker_name: str | None = Field(
         default=None, description="Name a worker reports (default: celery's host name)."

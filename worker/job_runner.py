@@ -12,6 +12,7 @@ The flow a task follows, whatever the broker delivers:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -114,15 +115,18 @@ class JobRunner:
         # torch is imported here, in the task's process, never in the worker's parent.
         import torch
 
+        from worker.cores import thread_budget
         from worker.engine.errors import EngineError, Stopped
         from worker.engine.imp import IMPRun
         from worker.engine.models import count_parameters
-
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
         from worker.training_cache import StoreTrainingCache
 
         cache = StoreTrainingCache(self.sessions, tenant_id, job_id, self.settings.artifact_root)
+        # The job counts against the host's cores from the start: loading data and building
+        # models already use threads.
+        budget = contextlib.ExitStack()
+        threads = budget.enter_context(thread_budget(self.settings))
+        torch.set_num_threads(max(1, threads()))
         try:
             run = IMPRun(
                 spec,
@@ -132,6 +136,7 @@ class JobRunner:
                 should_stop=lambda: shared.cancel or shared.lost,
                 poll_seconds=min(self.settings.heartbeat_seconds, 1.0),
                 cache=cache,
+                threads=threads,
             )
             self._check_limits(run, count_parameters(run.model))
             summary = run.run()
@@ -166,6 +171,8 @@ class JobRunner:
                 )
             self._finish(job_id, attempt, "failed", error=error)
             return "failed"
+        finally:
+            budget.close()  # the cores go back to the host's other jobs
         self._write_report(job_id)
         self._beat(job_id, attempt, shared)  # the final progress, before the final state
         self._finish(job_id, attempt, "succeeded", result=JobResult.from_summary(summary))

@@ -1,4 +1,5 @@
-"""A worker process announces itself in the store while it runs, for /readyz and operators.
+"""A worker process announces itself in the store while it runs: for /readyz, for operators,
+and with its number of slots (jobs at once) for the reconciler.
 
 Runs in the Celery parent process (which never imports torch), on a daemon thread started when
 the worker is ready and stopped at shutdown.
@@ -29,13 +30,28 @@ def _device() -> str:
     return f"cuda (CUDA_VISIBLE_DEVICES={visible})" if visible else "auto"
 
 
-def _loop(settings: Settings, name: str) -> None:
+def _pool_size(consumer: Any, settings: Settings) -> int:
+    """Jobs the worker runs at once, as its Celery pool was sized (else as configured)."""
+    size = getattr(getattr(consumer, "controller", None), "concurrency", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    return max(settings.worker_concurrency, 1)
+
+
+def _loop(settings: Settings, name: str, concurrency: int) -> None:
     sessions = make_sessionmaker(make_engine(settings.database_url))
     hostname, pid = socket.gethostname(), os.getpid()
     while True:
         try:
             with sessions.begin() as session:
-                worker_seen(session, name, hostname=hostname, pid=pid, device=_device())
+                worker_seen(
+                    session,
+                    name,
+                    hostname=hostname,
+                    pid=pid,
+                    device=_device(),
+                    concurrency=concurrency,
+                )
         except Exception:  # the database may be away for a moment; keep trying
             log.warning("could not record worker liveness", exc_info=True)
         if _stop.wait(EVERY_S):
@@ -52,7 +68,10 @@ def _start(sender: Any = None, **_: Any) -> None:
     from worker.celery_app import settings
 
     name = settings.worker_name or str(getattr(sender, "hostname", None) or socket.gethostname())
-    threading.Thread(target=_loop, args=(settings, name), name="lth-liveness", daemon=True).start()
+    slots = _pool_size(sender, settings)
+    threading.Thread(
+        target=_loop, args=(settings, name, slots), name="lth-liveness", daemon=True
+    ).start()
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]
