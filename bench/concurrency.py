@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import FASHION_MNIST, write_result
+from bench.common import FASHION_MNIST, lenet_spec, write_result
 
 LTH = str(Path(sys.executable).parent / "lth")
 TARGET = 1.15
@@ -41,22 +41,10 @@ TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 def spec_for(seed: int, steps: int, rounds: int) -> dict[str, Any]:
-    return {
-        "model": {"arch": "lenet_300_100"},
-        "dataset": {"uri": f"idx://{FASHION_MNIST}", "validation_size": 5000},
-        "training": {
-            "optimizer": "adam",
-            "lr": 1.2e-3,
-            "batch_size": 60,
-            "steps": f"{steps}it",
-            "eval_every": f"{steps}it",
-            "checkpoint_every": f"{steps}it",
-            "device": "cpu",
-        },
-        "pruning": {"strategy": "layerwise", "rounds": rounds, "controls": []},
-        "reuse": False,  # every job trains: nothing may come from another job's work
-        "seed": seed,
-    }
+    """Every job trains: nothing may come from another job's work."""
+    return lenet_spec(
+        steps=steps, rounds=rounds, controls=[], checkpoint_every=steps, seed=seed, reuse=False
+    )
 
 
 def _free_port() -> int:

@@ -21,31 +21,20 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from bench.common import FASHION_MNIST, RESULTS, write_result
+from bench.common import FASHION_MNIST, RESULTS, lenet_spec, write_result
 
 
 def spec_for(seed: int, steps: str, rounds: int, eval_every: str) -> dict[str, Any]:
-    return {
-        "model": {"arch": "lenet_300_100"},
-        "dataset": {"uri": f"idx://{FASHION_MNIST}", "validation_size": 5000},
-        "training": {
-            "optimizer": "adam",
-            "lr": 1.2e-3,
-            "batch_size": 60,
-            "steps": steps,
-            "eval_every": eval_every,
-            "checkpoint_every": steps,
-            "device": "cpu",
-        },
-        "pruning": {
-            "strategy": "layerwise",
-            "rates": {"linear": 0.2, "output": 0.1},
-            "rounds": rounds,
-            "rewind_to": "0it",
-            "controls": ["random_reinit"],
-        },
-        "seed": seed,
-    }
+    spec = lenet_spec(
+        steps=steps,
+        rounds=rounds,
+        controls=["random_reinit"],
+        eval_every=eval_every,
+        checkpoint_every=steps,
+        seed=seed,
+    )
+    spec.pop("reuse")  # the engine alone: nothing to reuse from
+    return spec
 
 
 def run_seed(seed: int, steps: str, rounds: int, eval_every: str) -> dict[str, Any]:

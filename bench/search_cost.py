@@ -37,7 +37,7 @@ import torch
 from api_schemas.results import RoundResult
 from api_schemas.spec import JobSpec
 from bench import plain_script
-from bench.common import FASHION_MNIST, RESULTS, write_result
+from bench.common import FASHION_MNIST, RESULTS, lenet_spec, write_result
 from bench.local_service import LocalService, PeakRss, bench_env
 from client.sdk import Client
 from worker.engine.artifacts import load_rounds
@@ -65,30 +65,14 @@ def spec_for(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The paper's LeNet-300-100 setup on CPU, reusing nothing of earlier jobs."""
-    spec: dict[str, Any] = {
-        "model": {"arch": "lenet_300_100"},
-        "dataset": {"uri": f"idx://{FASHION_MNIST}", "validation_size": 5000},
-        "training": {
-            "optimizer": "adam",
-            "lr": 1.2e-3,
-            "batch_size": 60,
-            "steps": f"{steps}it",
-            "eval_every": f"{min(eval_every, steps)}it",
-            "device": "cpu",
-        },
-        "pruning": {
-            "strategy": "layerwise",
-            "rates": {"linear": 0.2, "output": 0.1},
-            "rounds": rounds,
-            "rewind_to": "0it",
-            "controls": controls,
-        },
-        "seed": seed,
-        "reuse": False,
-    }
-    if replicates != 1:
-        spec["replicates"] = replicates
-    return spec
+    return lenet_spec(
+        steps=steps,
+        rounds=rounds,
+        controls=controls,
+        eval_every=eval_every,
+        seed=seed,
+        replicates=replicates,
+    )
 
 
 @dataclass

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from api_schemas.spec import DatasetSpec, JobSpec, ModelSpec, TrainingSpec
 from tests.engine.test_imp import CONFIG, assert_same_tensors, make_spec, stop_after
@@ -283,3 +282,26 @@ def test_stacks_are_split_to_fit_the_parameter_budget(tmp_path: Path) -> None:
     execution = {p.info["round"]: p.info for p in events if p.event == "execution"}
     assert execution[0]["stacks"] == [2]
     assert execution[1]["stacks"] == [4, 2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_stacked_training_on_cuda_matches_the_cpu_run(tmp_path: Path, precision: str) -> None:
+    """The CUDA path (stacked, fused optimizer, autocast) gives the CPU's numbers within
+    float (fp32) or bf16 rounding."""
+    on_cuda = make_spec(
+        training={"precision": precision, "device": "cuda"},
+        pruning={"controls": ["random_reinit"]},
+        replicates=2,
+    )
+    on_cpu = make_spec(
+        training={"precision": precision, "device": "cpu"},
+        pruning={"controls": ["random_reinit"]},
+        replicates=2,
+    )
+    cuda = run(on_cuda, tmp_path / "cuda", CONFIG)
+    cpu = run(on_cpu, tmp_path / "cpu", CONFIG)
+    tolerance = 0.02 if precision == "fp32" else 0.08
+    assert abs(cuda.ticket_accuracy - cpu.ticket_accuracy) <= tolerance
+    manifest = read_json(RunPaths(tmp_path / "cuda").manifest)
+    assert manifest["device"].startswith("cuda")

@@ -75,6 +75,7 @@ class _BatchedLinear(torch.autograd.Function):
     bit-identical to each layer's alone."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")  # type: ignore[untyped-decorator]
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
@@ -83,6 +84,8 @@ class _BatchedLinear(torch.autograd.Function):
         return torch.baddbmm(bias, x, weight.transpose(1, 2))
 
     @staticmethod
+    # The backward runs under the autocast state of the forward.
+    @torch.amp.custom_bwd(device_type="cuda")  # type: ignore[untyped-decorator]
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         x, weight = ctx.saved_tensors
         grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
