@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from api_schemas.spec import TrainingSpec
 from api_schemas.steps import to_iterations
