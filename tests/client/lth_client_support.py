@@ -44,8 +44,10 @@ _CLEARED = ("LTH_DATABASE_URL", "LTH_BROKER_URL", "LTH_ARTIFACT_ROOT", "LTH_URL"
 
 
 def small_spec(**overrides: Any) -> dict[str, Any]:
-    """A fresh small spec with top-level fields replaced (e.g. ``labels=...``)."""
-    return copy.deepcopy(SMALL_SPEC) | overrides
+    """A fresh small spec with top-level fields replaced (e.g. ``labels=...``). It trains even
+    when an earlier test of the shared server ran the same spec (``reuse`` false), so every
+    test sees its job's own training."""
+    return copy.deepcopy(SMALL_SPEC) | {"reuse": False} | overrides
 
 
 def free_port() -> int:
