@@ -125,6 +125,32 @@ class RoundResult(BaseModel):
         "than one; empty otherwise.",
     )
 
+    def variant(self, name: str) -> VariantResult | None:
+        """Replicate 0's result of the ticket or of a control (None if it did not run)."""
+        return self.ticket if name == "ticket" else self.controls.get(name)
+
+    def stats_of(self, name: str) -> VariantStats | None:
+        """The statistics of a network over the replicates. A round without them (written
+        before replicates existed) is one replicate: its own numbers, deviations 0."""
+        if name in self.stats:
+            return self.stats[name]
+        result = self.variant(name)
+        if result is None:
+            return None
+        stop = result.early_stop_step
+        return VariantStats(
+            variant=result.variant,
+            n=1,
+            accuracy_mean=result.accuracy,
+            accuracy_std=0.0,
+            selection_accuracy_mean=result.selection_accuracy,
+            selection_accuracy_std=0.0,
+            final_test_accuracy_mean=result.final_test_accuracy,
+            final_test_accuracy_std=0.0,
+            early_stop_step_mean=None if stop is None else float(stop),
+            early_stop_step_std=None if stop is None else 0.0,
+        )
+
 
 class RunSummary(BaseModel):
     """The outcome of a whole job: which round is the winning ticket and how good it is."""

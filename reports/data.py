@@ -53,30 +53,12 @@ def spread(values: Sequence[float]) -> tuple[float, float]:
 
 def variant_result(r: RoundResult, variant: str) -> VariantResult | None:
     """Replicate 0's result of ``variant`` in ``r``; None when it did not train that round."""
-    return r.ticket if variant == "ticket" else r.controls.get(variant)
+    return r.variant(variant)
 
 
 def variant_stats(r: RoundResult, variant: str) -> VariantStats | None:
-    """``r``'s statistics of ``variant`` over the replicates. A round without them (written
-    before replicates existed) is one replicate: its own numbers, deviations 0."""
-    if variant in r.stats:
-        return r.stats[variant]
-    result = variant_result(r, variant)
-    if result is None:
-        return None
-    stop = result.early_stop_step
-    return VariantStats(
-        variant=result.variant,
-        n=1,
-        accuracy_mean=result.accuracy,
-        accuracy_std=0.0,
-        selection_accuracy_mean=result.selection_accuracy,
-        selection_accuracy_std=0.0,
-        final_test_accuracy_mean=result.final_test_accuracy,
-        final_test_accuracy_std=0.0,
-        early_stop_step_mean=None if stop is None else float(stop),
-        early_stop_step_std=None if stop is None else 0.0,
-    )
+    """``r``'s statistics of ``variant`` over the replicates (see ``RoundResult.stats_of``)."""
+    return r.stats_of(variant)
 
 
 def min_val_loss(r: RoundResult) -> tuple[float, float] | None:

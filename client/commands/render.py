@@ -91,11 +91,8 @@ def replicate_count(rounds: list[RoundResult]) -> int:
 
 
 def _accuracy(r: RoundResult, variant: str, n: int) -> str:
-    stats = r.stats.get(variant)
-    if stats is not None:
-        return mean_std(stats.accuracy_mean, stats.accuracy_std, n)
-    result = r.ticket if variant == "ticket" else r.controls.get(variant)
-    return "-" if result is None else mean_std(result.accuracy, 0.0, n)
+    stats = r.stats_of(variant)
+    return "-" if stats is None else mean_std(stats.accuracy_mean, stats.accuracy_std, n)
 
 
 def rounds_table(rounds: list[RoundResult], ticket_round: int | None) -> Table:

@@ -58,11 +58,12 @@ def load_spec_file(path: Path) -> JobSpec:
 
 def _accuracy(result: RoundResult, variant: str) -> str:
     """The accuracy cell: mean ± std over replicates when there are several."""
-    stats = result.stats.get(variant)
-    if stats is not None and stats.n > 1:
+    stats = result.stats_of(variant)
+    if stats is None:
+        return "-"
+    if stats.n > 1:
         return f"{stats.accuracy_mean:.2%} ± {stats.accuracy_std:.2%}"
-    value = result.ticket if variant == "ticket" else result.controls[variant]
-    return f"{value.accuracy:.2%}"
+    return f"{stats.accuracy_mean:.2%}"
 
 
 def round_table(rounds: list[RoundResult], summary: RunSummary | None = None) -> Table:

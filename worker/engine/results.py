@@ -66,8 +66,9 @@ def variant_stats(results: list[VariantResult]) -> VariantStats:
 
 def selection_accuracy(result: RoundResult) -> float:
     """What a round is judged by: the ticket's mean validation accuracy over replicates."""
-    stats = result.stats.get("ticket")
-    return stats.selection_accuracy_mean if stats is not None else result.ticket.selection_accuracy
+    stats = result.stats_of("ticket")
+    assert stats is not None  # every round has a ticket
+    return stats.selection_accuracy_mean
 
 
 def winning_round(results: list[RoundResult], tolerance: float) -> RoundResult:
