@@ -26,6 +26,7 @@ from api_schemas.spec import TrainingSpec
 from worker.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from worker.engine.data import Dataset
 from worker.engine.errors import Stopped
+from worker.engine.hooks import StopFn, ThreadsFn
 from worker.engine.masks import MaskEnforcer
 from worker.engine.optim import Schedule, build_optimizer, set_lr
 from worker.engine.stack import StackedModel
@@ -33,8 +34,6 @@ from worker.engine.tensorio import save_tensors
 
 #: Called with the step and, at an evaluation, each sibling's metrics (None between them).
 ReportFn = Callable[[int, list[dict[str, float]] | None], None]
-StopFn = Callable[[], bool]
-ThreadsFn = Callable[[], int]
 
 
 @dataclass(frozen=True)
