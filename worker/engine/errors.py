@@ -28,5 +28,19 @@ class ModelError(EngineError):
     code = "invalid_model"
 
 
+class DivergedError(EngineError):
+    """Training produced a non-finite loss: the learning rate (or the data) is unusable.
+
+    ``step`` is the first step whose loss was not finite and ``sibling`` the network of a
+    stacked training that diverged first, so the run can name the variant.
+    """
+
+    code = "diverged"
+
+    def __init__(self, step: int, sibling: int = 0, detail: str = "") -> None:
+        self.step, self.sibling = step, sibling
+        super().__init__(f"loss became non-finite at step {step}{detail}; lower the learning rate")
+
+
 class Stopped(Exception):  # noqa: N818 - a signal, not an error
     """The stop check asked the run to stop; everything up to the last checkpoint is saved."""

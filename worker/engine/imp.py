@@ -14,12 +14,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import platform
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 from torch import Tensor, nn
@@ -29,9 +29,11 @@ from api_schemas.spec import JobSpec
 from api_schemas.steps import to_iterations
 from worker.engine import masks as masking
 from worker.engine import reuse
-from worker.engine.data import DataConfig, Dataset, load_dataset, resolve_path
-from worker.engine.errors import SpecError
+from worker.engine.data import DataConfig, Dataset, load_dataset
+from worker.engine.data.uris import resolve_location
+from worker.engine.errors import DivergedError, SpecError
 from worker.engine.hooks import Progress, ProgressFn, StopFn, ThreadsFn, TrainingCache
+from worker.engine.lanes import run_lanes, split_even
 from worker.engine.models import build_model, count_parameters, load_weights
 from worker.engine.optim import Schedule, constant
 from worker.engine.paths import TICKET, RunPaths
@@ -85,6 +87,16 @@ class Chain:
     index: int
     seed: int
     paths: RunPaths
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A stack (or one network) ready to train: starting weights loaded, masks, checkpoint."""
+
+    net: nn.Module
+    mask: Mapping[str, Tensor]
+    siblings: list[Sibling]
+    checkpoint: Path
 
 
 @dataclass
@@ -163,8 +175,11 @@ class IMPRun:
         reason = stack_reason(spec.model.arch, self.model)
         self.stack_reason = "batching is off" if not batched else reason
         self.max_stack = max(1, STACK_PARAMETER_BUDGET // max(count_parameters(self.model), 1))
+        self.lanes_reason = self._lanes_reason()
         self._keys: dict[int, list[str]] = {}
         self._round_seconds: dict[int, float] = {}  # training time of each round, this call
+        self._lock = threading.Lock()  # lanes report and count from their own threads
+        self._partial: dict[int, float] = {}  # trainings done so far by each running stack
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -180,11 +195,10 @@ class IMPRun:
             write_json(self.paths.spec, self.spec.model_dump(mode="json"))
 
     def _weights_path(self, weights: str) -> Path:
-        parts = urlsplit(weights)
-        path = parts.path if parts.scheme in ("file", "") else None
-        if path is None:
-            raise SpecError(f"model.weights must be a file path or file:// URI, not {weights!r}")
-        return resolve_path(path, self.data_config.roots)
+        """The weights file, parsed and confined by the same function as at submission (so
+        both read the same path), never in the upload area; it must exist."""
+        config = self.data_config
+        return resolve_location(weights, config.roots, config.excluded, field="model.weights")
 
     def _lengths(self, ipe: int) -> _Lengths:
         """The spec's lengths in iterations, at ``ipe`` iterations per epoch."""
@@ -201,6 +215,16 @@ class IMPRun:
                 f"before the end of training ({training.steps} = {lengths.total} iterations)"
             )
         return lengths
+
+    def _lanes_reason(self) -> str | None:
+        """Why this run's stacks cannot train side by side on one thread each (None: they can)."""
+        if self.stack_reason is not None:
+            return self.stack_reason
+        if self.device.type != "cpu":
+            return "on a GPU one stack holds every network"
+        if any(isinstance(m, nn.modules.dropout._DropoutNd) for m in self.model.modules()):
+            return "the model draws random numbers while training (dropout)"
+        return None
 
     def _new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -392,7 +416,7 @@ class IMPRun:
             elif not self._reuse(member):
                 pending.append(member)
         if pending:
-            self._train(k, pending)
+            self._train(k, pending, members)
         return self._round_result(k, members)
 
     def _round_result(self, k: int, members: list[Member]) -> RoundResult:
@@ -488,27 +512,75 @@ class IMPRun:
 
     # ---- training -----------------------------------------------------------------------------
 
-    def _train(self, k: int, members: list[Member]) -> None:
+    def _cores(self) -> int:
+        return max(1, self.threads() if self.threads is not None else torch.get_num_threads())
+
+    def _groups(
+        self, k: int, pending: list[Member], members: list[Member]
+    ) -> tuple[list[list[Member]], int]:
+        """The stacks round k trains and on how many lanes: recorded before the first training
+        (one line guards it), so that a resumed round trains the same stacks the same way. A
+        stack with a network still to train is trained whole; its finished networks come out
+        as they were."""
+        path = self.paths.round_plan(k)
+        if not path.exists():
+            stacked = self.stack_reason is None and len(pending) > 1
+            lanes = 1 if self.lanes_reason is not None else min(self._cores(), len(pending))
+            groups = (
+                split_even(pending, lanes, self.max_stack) if stacked else [[m] for m in pending]
+            )
+            plan = {"groups": [[m.label for m in g] for g in groups], "lanes": max(lanes, 1)}
+            write_json(path, plan)
+        stored = read_json(path)
+        by_label = {m.label: m for m in members}
+        waiting = {m.label for m in pending}
+        groups = [
+            [by_label[label] for label in group]
+            for group in stored["groups"]
+            if waiting.intersection(group)
+        ]
+        return groups, int(stored["lanes"])
+
+    def _train(self, k: int, pending: list[Member], members: list[Member]) -> None:
         plan = self._plan(k)
-        stacked = self.stack_reason is None and len(members) > 1
-        groups = (
-            [members[i : i + self.max_stack] for i in range(0, len(members), self.max_stack)]
-            if stacked
-            else [[m] for m in members]
-        )
+        groups, lanes = self._groups(k, pending, members)
+        stacked = any(len(g) > 1 for g in groups)
         info: dict[str, object] = {
             "round": k,
             "path": "batched" if stacked else "one_by_one",
-            "networks": len(members),
+            "networks": sum(len(g) for g in groups),
             "stacks": [len(g) for g in groups] if stacked else [],
+            "lanes": min(lanes, len(groups)),
         }
-        if not stacked and self.stack_reason is not None and len(members) > 1:
+        if not stacked and self.stack_reason is not None and len(pending) > 1:
             info["reason"] = self.stack_reason
         self._emit(k, TICKET, plan.start, plan, {}, "execution", info)
-        for group in groups:
-            self._train_group(k, group, plan)
+        if lanes == 1:
+            for group in groups:
+                self._train_group(k, group, plan, self.should_stop, self.threads)
+            return
+        # Every stack of a lane plan trains on one thread, however many lanes run it now.
+        started = time.monotonic()
+        prepared = [self._prepare(k, group) for group in groups]  # seeds the global RNG
 
-    def _train_group(self, k: int, group: Sequence[Member], plan: TrainPlan) -> None:
+        def task(group: list[Member], ready: _Prepared) -> Any:
+            def lane(aborted: StopFn) -> None:
+                def stop() -> bool:
+                    return aborted() or (self.should_stop is not None and self.should_stop())
+
+                self._fit(k, group, ready, plan, stop, None)
+
+            return lane
+
+        run_lanes(
+            [task(g, ready) for g, ready in zip(groups, prepared, strict=True)],
+            min(lanes, self._cores(), len(groups)),
+        )
+        self._round_seconds[k] = time.monotonic() - started
+
+    def _prepare(self, k: int, group: Sequence[Member]) -> _Prepared:
+        """The network (a stack for several members) with its starting weights, its masks and
+        where it checkpoints."""
         models = []
         for member in group:
             model = copy.deepcopy(self.model)
@@ -518,42 +590,79 @@ class IMPRun:
         siblings = [Sibling(derive_seed(m.chain.seed, "data"), self._snapshots(m)) for m in group]
         if len(group) == 1:
             member = group[0]
-            net: nn.Module = models[0]
-            mask = masks[0]
             torch.manual_seed(derive_seed(member.chain.seed, "train", k, member.variant))
             checkpoint = member.chain.paths.checkpoint(k, member.variant)
-        else:
-            stack = StackedModel.from_models(models)
-            net, mask = stack, stack.stacked_masks(masks)
-            labels = [m.label for m in group]
-            digest = hashlib.sha256(",".join(labels).encode()).hexdigest()[:16]
-            torch.manual_seed(derive_seed(self.spec.seed, "train", k, *labels))
-            checkpoint = self.paths.stack_checkpoint(k, digest)
-        del models
-        outcomes: list[TrainOutcome] = train_siblings(
-            net,
-            self.dataset,
-            self.spec.training,
-            plan,
-            mask,
-            siblings,
-            checkpoint,
-            report=self._reporter(k, group, plan),
-            should_stop=self.should_stop,
-            poll_seconds=self.poll_seconds,
-            threads=self.threads,
+            return _Prepared(models[0], masks[0], siblings, checkpoint)
+        stack = StackedModel.from_models(models)
+        labels = [m.label for m in group]
+        digest = hashlib.sha256(",".join(labels).encode()).hexdigest()[:16]
+        torch.manual_seed(derive_seed(self.spec.seed, "train", k, *labels))
+        return _Prepared(
+            stack, stack.stacked_masks(masks), siblings, self.paths.stack_checkpoint(k, digest)
         )
-        self._round_seconds[k] = self._round_seconds.get(k, 0.0) + outcomes[0].wall_time_s
+
+    def _train_group(
+        self,
+        k: int,
+        group: Sequence[Member],
+        plan: TrainPlan,
+        should_stop: StopFn | None,
+        threads: ThreadsFn | None,
+    ) -> None:
+        seconds = self._fit(k, group, self._prepare(k, group), plan, should_stop, threads)
+        self._round_seconds[k] = self._round_seconds.get(k, 0.0) + seconds
+
+    def _fit(
+        self,
+        k: int,
+        group: Sequence[Member],
+        ready: _Prepared,
+        plan: TrainPlan,
+        should_stop: StopFn | None,
+        threads: ThreadsFn | None,
+    ) -> float:
+        """Train a prepared stack and write each member's weights, metrics and events; returns
+        its training time (earlier attempts included)."""
+        net = ready.net
+        try:
+            outcomes: list[TrainOutcome] = train_siblings(
+                net,
+                self.dataset,
+                self.spec.training,
+                plan,
+                ready.mask,
+                ready.siblings,
+                ready.checkpoint,
+                report=self._reporter(k, group, plan),
+                should_stop=should_stop,
+                poll_seconds=self.poll_seconds,
+                threads=threads,
+            )
+        except DivergedError as exc:
+            member = group[exc.sibling]
+            where = f" in round {k}, {member.variant}"
+            if len(self.chains) > 1:
+                where += f" of replicate {member.chain.index}"
+            raise DivergedError(exc.step, exc.sibling, where) from None
+        except BaseException:
+            with self._lock:
+                self._partial.pop(id(group), None)
+            raise
+        results = []
         for index, (member, outcome) in enumerate(zip(group, outcomes, strict=True)):
             paths, variant = member.chain.paths, member.variant
-            state = stack.sibling_state(index) if len(group) > 1 else net.state_dict()
+            state = net.sibling_state(index) if isinstance(net, StackedModel) else net.state_dict()
             save_tensors(paths.trained(k, variant), state)
-            result = summarize(variant, outcome)
-            write_json(paths.metrics(k, variant), result.model_dump(mode="json"))
-            self._trainings_done += 1
+            results.append(summarize(variant, outcome))
+            write_json(paths.metrics(k, variant), results[-1].model_dump(mode="json"))
             self._publish(member)
-            self._emit(k, variant, plan.end, plan, result_metrics(result), event="variant_done")
-        checkpoint.unlink(missing_ok=True)
+        with self._lock:  # the stack's share of the progress turns into finished trainings
+            self._partial.pop(id(group), None)
+            self._trainings_done += len(group)
+        for member, result in zip(group, results, strict=True):
+            self._emit(k, member.variant, plan.end, plan, result_metrics(result), "variant_done")
+        ready.checkpoint.unlink(missing_ok=True)
+        return outcomes[0].wall_time_s
 
     # ---- reporting ----------------------------------------------------------------------------
 
@@ -561,12 +670,15 @@ class IMPRun:
         width = len(group)
 
         def report(step: int, metrics: list[dict[str, float]] | None) -> None:
+            span = max(plan.end - plan.start, 1)
+            with self._lock:
+                self._partial[id(group)] = width * min(max(step - plan.start, 0) / span, 1.0)
             if metrics is None:
-                self._emit(k, group[0].variant, step, plan, {}, "step", width=width)
+                self._emit(k, group[0].variant, step, plan, {}, "step")
                 return
             for member, values in zip(group, metrics, strict=True):
                 info: dict[str, object] = {"replicate": member.chain.index}
-                self._emit(k, member.variant, step, plan, values, "eval", info, width=width)
+                self._emit(k, member.variant, step, plan, values, "eval", info)
 
         return report
 
@@ -579,15 +691,11 @@ class IMPRun:
         metrics: dict[str, float],
         event: str,
         info: dict[str, object] | None = None,
-        *,
-        width: int = 1,
     ) -> None:
         if self.on_progress is None:
             return
-        span = max(plan.end - plan.start, 1)
-        within = min(max(step - plan.start, 0) / span, 1.0)
-        training = event in ("step", "eval")
-        done = self._trainings_done + (width * within if training else 0.0)
+        with self._lock:
+            done = self._trainings_done + sum(self._partial.values())
         self.on_progress(
             Progress(
                 round=k,

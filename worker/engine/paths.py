@@ -7,6 +7,8 @@ rounds/<k>/mask.safetensors  rounds/<k>/trained.safetensors  rounds/<k>/metrics.
 rounds/<k>/<control>/trained.safetensors  rounds/<k>/<control>/metrics.json
 rounds/<k>/random_prune/mask.safetensors
 rounds/<k>/stack-<digest>.safetensors      (the checkpoint of networks trained stacked)
+rounds/<k>/plan.json                         (which networks train in which stack, on how many
+                                             lanes)
 replicates/<r>/...                           (replicate r >= 1: the same layout, rounds.json aside)
 """
 
@@ -28,6 +30,9 @@ class RunPaths:
 
     def stack_checkpoint(self, k: int, digest: str) -> Path:
         return self.round_dir(k) / f"stack-{digest}.safetensors"
+
+    def round_plan(self, k: int) -> Path:
+        return self.round_dir(k) / "plan.json"
 
     def round_dir(self, k: int) -> Path:
         return self.root / "rounds" / str(k)

@@ -25,7 +25,7 @@ from api_schemas.results import EvalPoint
 from api_schemas.spec import TrainingSpec
 from worker.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
 from worker.engine.data import Dataset
-from worker.engine.errors import Stopped
+from worker.engine.errors import DivergedError, Stopped
 from worker.engine.hooks import StopFn, ThreadsFn
 from worker.engine.masks import MaskEnforcer
 from worker.engine.optim import Schedule, build_optimizer, set_lr
@@ -117,8 +117,8 @@ def sibling_losses(logits: Tensor, y: Tensor) -> Tensor:
     """Each sibling's mean cross-entropy, ``(S,)``, for logits ``(S, B, K)`` and labels ``(S, B)``
     (or ``(B,)`` shared)."""
     size, batch = logits.shape[0], logits.shape[1]
-    if size == 1:
-        return F.cross_entropy(logits[0], y.reshape(-1)).unsqueeze(0)
+    # One reduction for any number of siblings, so that a network's losses do not depend on
+    # how many it was stacked with (fused "mean" rounds differently).
     target = y.expand(size, batch) if y.dim() == 1 else y
     losses = F.cross_entropy(logits.flatten(0, 1), target.reshape(-1), reduction="none")
     return losses.view(size, batch).mean(dim=1)
@@ -297,6 +297,9 @@ def train_siblings(
     per_sibling = not batches.shared
 
     loss_sum = torch.zeros(trainee.size, device=device)
+    # The first step at which each sibling's loss was not finite (-1: none yet), kept on the
+    # device and read only when the loop polls, so that watching costs no synchronisation.
+    diverged_at = torch.full((trainee.size,), -1, device=device, dtype=torch.int64)
     loop = LoopState(step=plan.start, curves=[[] for _ in siblings])
     if checkpoint.exists():
         loop, loss_sum = load_checkpoint(checkpoint, trainee.net, optimizer, device)
@@ -319,6 +322,13 @@ def train_siblings(
         if report is not None:
             report(step, [p.model_dump(exclude_none=True) for p in points])
 
+    def check_finite() -> None:
+        if bool((diverged_at >= 0).any()):
+            first = int(diverged_at[diverged_at >= 0].min())
+            sibling = int((diverged_at == first).nonzero()[0, 0])
+            checkpoint.unlink(missing_ok=True)  # nothing to resume: the run cannot recover
+            raise DivergedError(first, sibling)
+
     def apply_threads() -> None:
         if threads is not None:
             wanted = max(1, threads())
@@ -332,16 +342,19 @@ def train_siblings(
         if (step - plan.start) % plan.eval_every == 0 and (
             not curves[0] or curves[0][-1].step < step
         ):
+            check_finite()
             record_eval(step)
         for index, sibling in enumerate(siblings):
             path = sibling.snapshots.get(step)
             if path is not None and not path.exists():
                 save_tensors(path, trainee.state(index))
         if step != resumed_at and (step - plan.start) % plan.checkpoint_every == 0:
+            check_finite()  # a checkpoint of diverged weights would only diverge again
             save(step)
         now = time.monotonic()
         if now - last_poll >= poll_seconds:
             last_poll = now
+            check_finite()
             if should_stop is not None and should_stop():
                 save(step)
                 raise Stopped(f"stopped at step {step}")
@@ -351,10 +364,13 @@ def train_siblings(
             report(step, None)
         set_lr(optimizer, plan.schedule.lr_at(step))
         x, y = batches.batch(step)
-        loss_sum += train_step(
+        losses = train_step(
             trainee, optimizer, enforce_mask, x, y, plan.precision, per_sibling=per_sibling
         )
+        loss_sum += losses
+        diverged_at.masked_fill_((diverged_at < 0) & ~torch.isfinite(losses), step + 1)
         loop.loss_count += 1
+    check_finite()
     if not curves[0] or curves[0][-1].step < plan.end:
         record_eval(plan.end)
     wall = wall_before + time.monotonic() - started
