@@ -19,7 +19,12 @@ DEFAULTS: dict[str, str] = {
     "seed": "0",
     "noise": "0.3",
 }
-MAX_ELEMENTS = 1 << 30  # per split: a typo must not allocate the worker's whole memory
+#: Caps checked before anything is drawn, so a typo cannot allocate the worker's whole memory:
+#: examples per split, classes, and float32 values in all (class prototypes, train and test
+#: examples: 1 GiB).
+MAX_EXAMPLES = 10_000_000
+MAX_CLASSES = 100_000
+MAX_ELEMENTS = 1 << 28
 
 
 @dataclass(frozen=True)
@@ -67,8 +72,22 @@ def parse_synthetic(query: str) -> SyntheticParams:
         )
     if not (0 <= params.noise < math.inf) or params.seed < 0:
         raise ValueError("synthetic:// noise must be a non-negative number and seed >= 0")
-    if max(params.train, params.test) * math.prod(params.shape) > MAX_ELEMENTS:
-        raise ValueError(
-            f"synthetic:// data of {max(params.train, params.test)} x {params.shape} is too large"
-        )
+    _check_size(params)
     return params
+
+
+def _check_size(params: SyntheticParams) -> None:
+    for name, cap in (("train", MAX_EXAMPLES), ("test", MAX_EXAMPLES), ("classes", MAX_CLASSES)):
+        if getattr(params, name) > cap:
+            raise ValueError(
+                f"synthetic:// {name}={getattr(params, name)} is more than this service makes "
+                f"(at most {cap:,})"
+            )
+    rows = params.classes + params.train + params.test
+    if rows * math.prod(params.shape) > MAX_ELEMENTS:
+        shape = ",".join(map(str, params.shape))
+        raise ValueError(
+            f"synthetic:// shape={shape} with classes={params.classes}, train={params.train} "
+            f"and test={params.test} is {rows * math.prod(params.shape):,} values; "
+            f"at most {MAX_ELEMENTS:,} are made"
+        )

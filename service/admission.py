@@ -1,20 +1,23 @@
 """Checks a valid spec must also pass to be accepted *here*: its files lie inside the data
-roots, an uploaded dataset is the caller's, and the job is not longer than this service allows.
+roots, an uploaded dataset is the caller's, and the job is not longer nor its model larger than
+this service allows.
 
 They need the settings, the caller and the database, which the spec's own validators cannot see.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from collections.abc import Collection
+from urllib.parse import urlsplit
 
 from sqlalchemy.orm import Session
 
+from api_schemas.confine import PathRefusedError, confine
+from api_schemas.model_size import parameter_count
 from api_schemas.problem import FieldError
 from api_schemas.spec import JobSpec
 from api_schemas.steps import StepCount, to_iterations
+from api_schemas.synthetic import parse_synthetic
 from service.dataset_sizes import train_size
 from service.settings import Settings
 from store.datasets import dataset_id_from_uri, get_dataset
@@ -22,36 +25,34 @@ from store.tables import Tenant
 from store.webhooks import host_allowed
 
 FILE_SCHEMES = ("idx", "npz", "safetensors", "imagefolder")
+#: Example shape and class count of the torchvision datasets the engine reads.
+TORCHVISION_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "MNIST": ((1, 28, 28), 10),
+    "FashionMNIST": ((1, 28, 28), 10),
+    "KMNIST": ((1, 28, 28), 10),
+    "CIFAR10": ((3, 32, 32), 10),
+    "CIFAR100": ((3, 32, 32), 100),
+    "SVHN": ((3, 32, 32), 10),
+}
+#: Stand-ins for an input or class count not known at submission: the smallest conceivable,
+#: so the count is a lower bound (the worker checks the exact one before it builds).
+SMALLEST_INPUT, FEWEST_CLASSES = (1, 1, 1), 1
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+def path_error(
+    location: str, settings: Settings, schemes: Collection[str] = ("file",)
+) -> str | None:
+    """Why a job may not read ``location`` (a path or a URI of ``schemes``), or None.
 
-
-def path_error(raw: str, settings: Settings) -> str | None:
-    """Why ``raw`` may not be read by a job, or None when it lies inside a data root.
-
-    Symlinks are resolved first, and tenants' upload folders are excluded (an upload is reached
-    only through ``dataset://<id>``, which checks ownership).
+    The worker confines the same string with the same function (:mod:`api_schemas.confine`),
+    so what passes here is the file it opens. Tenants' upload folders are excluded: an upload is
+    reached only through ``dataset://<id>``, which checks ownership.
     """
-    if not raw.startswith("/"):
-        return f"{raw!r} is not an absolute path"
-    if "\x00" in raw:
-        return f"{raw!r} contains a NUL byte"
-    path = Path(os.path.realpath(raw))
-    roots = [Path(os.path.realpath(root)) for root in settings.data_roots]
-    if not any(_inside(path, root) for root in roots):
-        listed = ", ".join(str(root) for root in settings.data_roots) or "(none configured)"
-        return f"{raw!r} is outside the data roots this service reads: {listed}"
-    uploads = Path(os.path.realpath(settings.upload_root))
-    if _inside(path, uploads) and path != uploads:
-        return f"{raw!r} is inside the upload area; name an upload as dataset://<id>"
+    try:
+        confine(location, settings.data_roots, [settings.upload_root], schemes=schemes)
+    except PathRefusedError as error:
+        return str(error)
     return None
-
-
-def _file_uri_path(uri: str) -> str:
-    parts = urlsplit(uri)
-    return unquote(parts.netloc + parts.path) if parts.netloc else unquote(parts.path)
 
 
 def total_iterations(spec: JobSpec) -> int | None:
@@ -80,19 +81,21 @@ def check_spec(
                 )
             )
     elif scheme in FILE_SCHEMES:
-        problem = path_error(_file_uri_path(uri), settings)
+        problem = path_error(uri, settings, schemes=(scheme,))
         if problem:
             errors.append(FieldError(loc="dataset.uri", msg=problem, type="path_not_allowed"))
     weights = spec.model.weights
     if weights is not None:
-        raw = _file_uri_path(weights) if weights.startswith("file://") else weights
-        problem = path_error(raw, settings)
+        problem = path_error(weights, settings)
         if problem:
             errors.append(FieldError(loc="model.weights", msg=problem, type="path_not_allowed"))
     if spec.webhook_url is not None:
         problem = webhook_error(spec.webhook_url, settings)
         if problem:
             errors.append(FieldError(loc="webhook_url", msg=problem, type="webhook_not_allowed"))
+    too_large = model_error(spec, session, tenant, settings)
+    if too_large is not None:
+        errors.append(too_large)
     if not errors:
         examples = train_size(uri, session, tenant)
         if examples is not None:
@@ -108,6 +111,56 @@ def check_spec(
             )
         )
     return errors
+
+
+def data_shape(
+    uri: str, session: Session, tenant: Tenant
+) -> tuple[tuple[int, ...] | None, int | None]:
+    """The example shape and class count behind ``uri`` when known without reading data."""
+    parts = urlsplit(uri)
+    if parts.scheme == "synthetic":
+        try:
+            params = parse_synthetic(parts.query)
+        except ValueError:
+            return None, None
+        # Labels cycle through the classes, so a split smaller than them shows fewer.
+        return params.shape, min(params.classes, max(params.train, params.test))
+    if parts.scheme == "torchvision":
+        return TORCHVISION_SHAPES.get(parts.netloc or parts.path.strip("/"), (None, None))
+    if parts.scheme == "dataset":
+        dataset_id = dataset_id_from_uri(uri)
+        row = get_dataset(session, tenant.id, dataset_id) if dataset_id else None
+        meta = row.meta if row is not None else {}
+        shape, classes = meta.get("input_shape"), meta.get("num_classes")
+        if not isinstance(shape, list) or not all(isinstance(n, int) for n in shape):
+            shape = None
+        return (tuple(shape) if shape else None), (classes if isinstance(classes, int) else None)
+    return None, None
+
+
+def model_error(
+    spec: JobSpec, session: Session, tenant: Tenant, settings: Settings
+) -> FieldError | None:
+    """A built-in model with more parameters than this service builds, counted from the spec
+    before any worker allocates it; torchvision models are counted by the worker."""
+    model = spec.model
+    shape, classes = data_shape(spec.dataset.uri, session, tenant)
+    count = parameter_count(
+        model.arch,
+        shape or SMALLEST_INPUT,
+        classes or FEWEST_CLASSES,
+        hidden_sizes=model.hidden_sizes,
+        width=model.width,
+    )
+    if count is None or count <= settings.max_parameters:
+        return None
+    has = (
+        f"has {count:,} parameters for inputs of shape {shape} and {classes} classes"
+        if shape and classes
+        else f"has at least {count:,} parameters"
+    )
+    message = f"{model.arch} {has}; this service builds at most {settings.max_parameters:,}"
+    return FieldError(loc="model", msg=message, type="too_large")
 
 
 def webhook_error(url: str, settings: Settings) -> str | None:

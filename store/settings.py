@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     max_parameters: int = Field(
         default=200_000_000,
         ge=1,
-        description="Largest model (trainable parameters) a worker will build; the worker "
-        "enforces it, since counting needs the model.",
+        description="Largest model (trainable parameters) a job may build. Checked at "
+        "submission for the built-in architectures (counted from the spec); the worker checks "
+        "torchvision models too.",
     )
     allow_download: bool = Field(
         default=False,

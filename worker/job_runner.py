@@ -48,6 +48,7 @@ class _Shared:
     start_fraction: float | None = None
     last_beat: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    rounds_logged: set[int] = field(default_factory=set)  # rounds with their event already
 
 
 class JobRunner:
@@ -88,7 +89,9 @@ class JobRunner:
         spec = JobSpec.model_validate(job.spec)
         log.info("job %s: attempt %d on %s", job_id, attempt, self.worker_name)
         shared = _Shared()
-        if spec.dataset.validation_size == 0:
+        with self.sessions() as session:
+            shared.rounds_logged = store_events.logged_rounds(session, job_id)
+        if spec.dataset.validation_size == 0 and attempt == 1:
             message = (
                 "no validation split (dataset.validation_size = 0): the early-stopping step and "
                 "the winning ticket are judged on the test set"
@@ -137,6 +140,7 @@ class JobRunner:
                 poll_seconds=min(self.settings.heartbeat_seconds, 1.0),
                 cache=cache,
                 threads=threads,
+                max_parameters=self.settings.max_parameters,
             )
             self._check_limits(run, count_parameters(run.model))
             summary = run.run()
@@ -219,6 +223,7 @@ class JobRunner:
             download=self.settings.allow_download,
             torchvision_root=self.settings.home / "torchvision",
             uploads=upload,
+            excluded=(self.settings.upload_root,),
         )
 
     # ---- reporting ----------------------------------------------------------------------------
@@ -249,7 +254,9 @@ class JobRunner:
                 metrics=p.metrics,
             )
         if p.event == "round_done":
-            self._event(job_id, shared, "round", {"round": p.round, **p.metrics})
+            if p.round not in shared.rounds_logged:  # a resumed attempt meets its rounds again
+                shared.rounds_logged.add(p.round)
+                self._event(job_id, shared, "round", {"round": p.round, **p.metrics})
         elif p.event == "eval":
             data = {"round": p.round, "variant": p.variant, "step": p.step, **p.info, **p.metrics}
             self._event(job_id, shared, "progress", data)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from api_schemas.model_size import MAX_PARAMETERS
 from api_schemas.results import ReplicateRound, RoundResult, RunSummary, VariantResult
 from api_schemas.spec import JobSpec
 from api_schemas.steps import to_iterations
@@ -135,8 +136,10 @@ class IMPRun:
         batched: bool = True,
         threads: ThreadsFn | None = None,
         cache: TrainingCache | None = None,
+        max_parameters: int = MAX_PARAMETERS,
     ) -> None:
         self.spec = spec
+        self.max_parameters = max_parameters
         self.paths = RunPaths(Path(out_dir))
         self.data_config = data_config
         self.on_progress = on_progress
@@ -228,7 +231,8 @@ class IMPRun:
 
     def _new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return build_model(self.spec.model, self.dataset.input_shape, self.dataset.num_classes).to(
+        shape, classes = self.dataset.input_shape, self.dataset.num_classes
+        return build_model(self.spec.model, shape, classes, max_parameters=self.max_parameters).to(
             self.device
         )
 

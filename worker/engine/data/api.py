@@ -19,13 +19,15 @@ class DataConfig:
 
     ``roots`` confine every file-based URI (after resolving symlinks and ``..``), so a spec can
     never make the worker read files it was not meant to. ``uploads`` maps ``dataset://<id>`` to
-    the uploaded file; only the service knows where uploads live.
+    the uploaded file; only the service knows where uploads live. ``excluded`` are areas inside
+    the roots a spec may not name by path (the upload area, whose files belong to tenants).
     """
 
     roots: tuple[Path, ...]
     download: bool = False
     torchvision_root: Path | None = None
     uploads: Callable[[str], Path] | None = None
+    excluded: tuple[Path, ...] = ()
 
 
 class BatchSource(Protocol):

@@ -24,7 +24,8 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _confined(uri: SplitResult, config: DataConfig, *, directory: bool) -> Path:
-    path = resolve_path(uri_path(uri), config.roots)
+    # The upload area is reached only as dataset://<id>, which checks the owner.
+    path = resolve_path(uri_path(uri), config.roots, config.excluded)
     if path.is_dir() != directory:
         kind = "a directory" if directory else "a file"
         raise DataError(f"{path}: {uri.scheme}:// needs {kind}")

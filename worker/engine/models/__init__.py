@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from api_schemas.model_size import MAX_PARAMETERS, parameter_count
 from api_schemas.spec import TORCHVISION_PREFIX, ModelSpec
 from worker.engine.errors import ModelError
 from worker.engine.models import cifar_resnet, cifar_vgg, conv, mlp
@@ -19,7 +20,11 @@ from worker.engine.models.base import (
     count_parameters,
     output_layer,
 )
-from worker.engine.models.torchvision_models import build_torchvision, classification_models
+from worker.engine.models.torchvision_models import (
+    build_torchvision,
+    classification_models,
+    meta_parameters,
+)
 from worker.engine.models.weights import load_weights
 
 __all__ = [
@@ -48,12 +53,21 @@ REGISTRY: dict[str, Builder] = {
 }
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    max_parameters: int = MAX_PARAMETERS,
+) -> nn.Module:
     """An untrained model for examples of ``input_shape`` (no batch dimension) and ``num_classes``.
 
-    It is run once on a zero batch so that an input it cannot take fails here, as a ModelError
-    naming the shape, rather than as a RuntimeError mid-training. ``spec.weights`` is not loaded:
-    the caller resolves its path and calls ``load_weights``.
+    Its size is checked before anything is allocated (a built-in architecture is counted by
+    arithmetic, a torchvision one on the meta device), so a model of more than
+    ``max_parameters`` is a ModelError rather than gigabytes of memory. It is run once on a zero
+    batch so that an input it cannot take fails here, as a ModelError naming the shape, rather
+    than as a RuntimeError mid-training. ``spec.weights`` is not loaded: the caller resolves its
+    path and calls ``load_weights``.
     """
     if num_classes < 1 or not input_shape or min(input_shape) < 1:
         raise ModelError(
@@ -61,14 +75,33 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
             f"and {num_classes} classes"
         )
     if spec.arch.startswith(TORCHVISION_PREFIX):
-        model = build_torchvision(spec.arch[len(TORCHVISION_PREFIX) :], input_shape, num_classes)
+        name = spec.arch[len(TORCHVISION_PREFIX) :]
+        count = meta_parameters(name, tuple(input_shape), num_classes)
+        _check_size(spec.arch, count, max_parameters, input_shape, num_classes)
+        model = build_torchvision(name, input_shape, num_classes)
     elif spec.arch in REGISTRY:
+        shape, hidden, width = input_shape, spec.hidden_sizes, spec.width
+        estimate = parameter_count(spec.arch, shape, num_classes, hidden_sizes=hidden, width=width)
+        if estimate is None:  # not in the arithmetic: count it on the meta device
+            with torch.device("meta"):
+                estimate = count_parameters(REGISTRY[spec.arch](spec, input_shape, num_classes))
+        _check_size(spec.arch, estimate, max_parameters, input_shape, num_classes)
         model = REGISTRY[spec.arch](spec, input_shape, num_classes)
     else:
         raise ModelError(f"unknown architecture {spec.arch!r}; choose one of {', '.join(REGISTRY)}")
     _dry_run(model, spec.arch, input_shape, num_classes)
     _check_output_layer(model, spec.arch, num_classes)
     return model
+
+
+def _check_size(
+    arch: str, count: int, limit: int, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    if count > limit:
+        raise ModelError(
+            f"{arch} would have {count:,} parameters for inputs of shape {tuple(input_shape)} "
+            f"and {num_classes} classes; at most {limit:,} may be built: use a smaller model"
+        )
 
 
 def _dry_run(model: nn.Module, arch: str, input_shape: tuple[int, ...], num_classes: int) -> None:

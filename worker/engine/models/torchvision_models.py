@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 import torchvision
 from torch import nn
 
 from worker.engine.errors import ModelError
+from worker.engine.models.base import count_parameters
 
 #: Extra constructor arguments. GoogLeNet and Inception-v3 return auxiliary logits in training
 #: mode, which the engine's loss does not expect; ``init_weights=True`` keeps torchvision's
@@ -51,6 +57,47 @@ def build_torchvision(name: str, input_shape: tuple[int, ...], num_classes: int)
     if input_shape[0] != 3:
         _replace_first_conv(model, name, input_shape[0])
     return model
+
+
+@functools.lru_cache(maxsize=64)
+def meta_parameters(name: str, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Parameters ``build_torchvision`` would allocate, counted without allocating them.
+
+    The model is built on the meta device, where tensors have shapes but no storage; a
+    constructor that reads tensor values (RegNet computes its widths with tensors) cannot run
+    there, so it runs on the CPU with each parameter moved to the meta device as it is
+    registered: one layer at a time is allocated, never the model. Either way no random number
+    is drawn, so the real model built next is the one built without counting.
+    """
+    try:
+        with torch.device("meta"):
+            return count_parameters(build_torchvision(name, input_shape, num_classes))
+    except NotImplementedError:
+        with parameters_on_meta():
+            return count_parameters(build_torchvision(name, input_shape, num_classes))
+
+
+_PATCH = threading.Lock()
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Parameters this thread registers meanwhile are moved to the meta device; other threads
+    (training lanes building their models) register theirs as usual."""
+    owner = threading.get_ident()
+    with _PATCH:
+        register = nn.Module.register_parameter
+
+        def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+            if param is not None and not param.is_meta and threading.get_ident() == owner:
+                param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            register(module, name, param)
+
+        nn.Module.register_parameter = on_meta  # type: ignore[method-assign,assignment]
+        try:
+            yield
+        finally:
+            nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
 def _replace_first_conv(model: nn.Module, name: str, channels: int) -> None:
