@@ -49,6 +49,13 @@ def list_events(
     return list(session.scalars(query))
 
 
+def logged_rounds(session: Session, job_id: str) -> set[int]:
+    """The rounds of ``job_id`` that already have their ``round`` event: a resumed attempt
+    finds its finished rounds again and must not log them twice."""
+    query = sa.select(EventRow.data).where(EventRow.job_id == job_id, EventRow.type == "round")
+    return {int(data["round"]) for data in session.scalars(query) if "round" in data}
+
+
 def round_durations(session: Session) -> list[float]:
     """Wall times of every finished round (from ``round`` events), for the metrics histogram:
     all of them, so its counts only ever grow, as Prometheus requires."""

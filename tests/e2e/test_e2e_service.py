@@ -118,9 +118,11 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(production: Deployment)
     with production.client(production.key("tenant-a")) as client:
         job = submit(client, spec)
         wait_for(client, job["id"], {"running"})
-        while ((job := client.get(f"/v1/jobs/{job['id']}").json()).get("progress") or {}).get(
-            "step", 0
-        ) < 300:
+        # Killed in round 1, after round 0 has finished and logged its event.
+        while True:
+            progress = client.get(f"/v1/jobs/{job['id']}").json().get("progress") or {}
+            if progress.get("round", 0) >= 1 and progress.get("step", 0) >= 300:
+                break
             time.sleep(0.1)
         production.kill("worker")
         production.start_worker("worker2")
@@ -130,9 +132,28 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(production: Deployment)
         events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
         resumed = [e for e in events if e["type"] == "state" and e["data"].get("resumed")]
         assert resumed and resumed[0]["data"]["attempt"] == 2
-        # The second attempt continued round 0 from a checkpoint instead of starting over.
+        # The second attempt continued round 1 from a checkpoint instead of starting over.
         after = [e for e in events if e["id"] > resumed[0]["id"] and e["type"] == "progress"]
-        assert after[0]["data"]["round"] == 0 and after[0]["data"]["step"] >= 300
+        assert after[0]["data"]["round"] == 1 and after[0]["data"]["step"] >= 300
+        # ... and logged every round once, round 0 included.
+        assert [e["data"]["round"] for e in events if e["type"] == "round"] == [0, 1, 2]
+
+
+def test_a_diverging_job_fails_with_the_step_and_the_worker_goes_on(
+    production: Deployment,
+) -> None:
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "lr": 1e6, "optimizer": "sgd"}}
+    with production.client(production.key("tenant-a")) as client:
+        job = submit(client, spec)
+        done = wait_for(client, job["id"], TERMINAL)
+        assert done["status"] == "failed", done
+        assert done["error"]["code"] == "diverged"
+        assert "loss became non-finite at step" in done["error"]["message"]
+        assert "round 0, ticket" in done["error"]["message"]
+        # The worker survived it: the next job runs.
+        assert wait_for(client, submit(client, SMALL_SPEC)["id"], TERMINAL)["status"] == (
+            "succeeded"
+        )
 
 
 def test_duplicate_deliveries_run_a_job_once(production: Deployment) -> None:
