@@ -56,7 +56,7 @@ from worker.engine.tensorio import (
 )
 from worker.engine.train import Sibling, TrainOutcome, TrainPlan, train_siblings
 
-ENGINE_VERSION = "2"
+ENGINE_VERSION = "3"
 #: Parameters one stack may hold (weights, gradients and two optimizer moments each): bounds
 #: the memory of a stacked training; more siblings than fit train in several stacks.
 STACK_PARAMETER_BUDGET = 100_000_000

@@ -32,6 +32,9 @@ from worker.engine.optim import Schedule, build_optimizer, set_lr
 from worker.engine.stack import StackedModel
 from worker.engine.tensorio import save_tensors
 
+#: Steps between two checks that the losses are finite, at most.
+LOSS_WINDOW = 64
+
 #: Called with the step and, at an evaluation, each sibling's metrics (None between them).
 ReportFn = Callable[[int, list[dict[str, float]] | None], None]
 
@@ -297,9 +300,10 @@ def train_siblings(
     per_sibling = not batches.shared
 
     loss_sum = torch.zeros(trainee.size, device=device)
-    # The first step at which each sibling's loss was not finite (-1: none yet), kept on the
-    # device and read only when the loop polls, so that watching costs no synchronisation.
-    diverged_at = torch.full((trainee.size,), -1, device=device, dtype=torch.int64)
+    # The last LOSS_WINDOW steps' losses, kept on the device: the running sum turns non-finite
+    # with any of them, so the loop checks the sum now and then (a synchronisation every
+    # LOSS_WINDOW steps at most) and only then looks for the first bad step in the window.
+    window = torch.zeros(LOSS_WINDOW, trainee.size, device=device)
     loop = LoopState(step=plan.start, curves=[[] for _ in siblings])
     if checkpoint.exists():
         loop, loss_sum = load_checkpoint(checkpoint, trainee.net, optimizer, device)
@@ -322,12 +326,20 @@ def train_siblings(
         if report is not None:
             report(step, [p.model_dump(exclude_none=True) for p in points])
 
-    def check_finite() -> None:
-        if bool((diverged_at >= 0).any()):
-            first = int(diverged_at[diverged_at >= 0].min())
-            sibling = int((diverged_at == first).nonzero()[0, 0])
-            checkpoint.unlink(missing_ok=True)  # nothing to resume: the run cannot recover
-            raise DivergedError(first, sibling)
+    checked = loop.step  # every step before this one had a finite loss
+
+    def check_finite(step: int) -> None:
+        nonlocal checked
+        if step > checked and not bool(torch.isfinite(loss_sum).all()):
+            for done in range(max(checked, step - LOSS_WINDOW), step):
+                bad = ~torch.isfinite(window[done % LOSS_WINDOW])
+                if bool(bad.any()):
+                    checkpoint.unlink(missing_ok=True)  # nothing to resume: it cannot recover
+                    raise DivergedError(done + 1, int(bad.nonzero()[0, 0]))
+            # Every loss finite but their sum overflowed: losses of ~1e38 are divergence too.
+            checkpoint.unlink(missing_ok=True)
+            raise DivergedError(step, int((~torch.isfinite(loss_sum)).nonzero()[0, 0]))
+        checked = step
 
     def apply_threads() -> None:
         if threads is not None:
@@ -342,19 +354,19 @@ def train_siblings(
         if (step - plan.start) % plan.eval_every == 0 and (
             not curves[0] or curves[0][-1].step < step
         ):
-            check_finite()
+            check_finite(step)
             record_eval(step)
         for index, sibling in enumerate(siblings):
             path = sibling.snapshots.get(step)
             if path is not None and not path.exists():
                 save_tensors(path, trainee.state(index))
         if step != resumed_at and (step - plan.start) % plan.checkpoint_every == 0:
-            check_finite()  # a checkpoint of diverged weights would only diverge again
+            check_finite(step)  # a checkpoint of diverged weights would only diverge again
             save(step)
         now = time.monotonic()
         if now - last_poll >= poll_seconds:
             last_poll = now
-            check_finite()
+            check_finite(step)
             if should_stop is not None and should_stop():
                 save(step)
                 raise Stopped(f"stopped at step {step}")
@@ -368,9 +380,11 @@ def train_siblings(
             trainee, optimizer, enforce_mask, x, y, plan.precision, per_sibling=per_sibling
         )
         loss_sum += losses
-        diverged_at.masked_fill_((diverged_at < 0) & ~torch.isfinite(losses), step + 1)
+        window[step % LOSS_WINDOW] = losses
         loop.loss_count += 1
-    check_finite()
+        if step + 1 - checked >= LOSS_WINDOW:
+            check_finite(step + 1)
+    check_finite(plan.end)
     if not curves[0] or curves[0][-1].step < plan.end:
         record_eval(plan.end)
     wall = wall_before + time.monotonic() - started

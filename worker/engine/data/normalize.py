@@ -35,18 +35,28 @@ class Preprocess:
     mean: Tensor | None = None  # broadcastable to a batch; None: no standardisation
     std: Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # Standardising is one fused multiply-add per batch, ``x * (1 / std) - mean / std``.
+        # uint8 pixels are scaled to [0, 1] first, exactly as a float32 source holds them, so
+        # the two give bit-identical batches.
+        if self.mean is not None and self.std is not None:
+            object.__setattr__(self, "_affine", (1 / self.std, -self.mean / self.std))
+
     def __call__(self, x: Tensor) -> Tensor:
         """``x`` normalised on the device; ``x`` itself (a view of a split, say) is untouched."""
-        return self._standardised(to_unit(x.to(self.device, non_blocking=True)))
+        return self._normalised(x.to(self.device, non_blocking=True), owned=False)
 
     def fresh(self, x: Tensor) -> Tensor:
         """As calling it, but may write into ``x``: for a batch its caller has just gathered."""
-        return self._standardised(to_unit(x.to(self.device, non_blocking=True), owned=True))
+        return self._normalised(x.to(self.device, non_blocking=True), owned=True)
 
-    def _standardised(self, x: Tensor) -> Tensor:
-        if self.mean is not None and self.std is not None:
-            x = x.sub_(self.mean).div_(self.std)
-        return x
+    def _normalised(self, x: Tensor, owned: bool) -> Tensor:
+        affine: tuple[Tensor, Tensor] | None = getattr(self, "_affine", None)
+        if affine is None:
+            return to_unit(x, owned=owned)
+        scale, shift = affine
+        # to_unit may hand back float32 ``x`` itself: addcmul writes a new tensor anyway.
+        return torch.addcmul(shift, to_unit(x, owned=True), scale)
 
     def black(self, channels: int) -> Tensor:
         """The value of a zero (black) pixel after preprocessing, shaped (1, C, 1, 1)."""
