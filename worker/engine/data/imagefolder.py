@@ -202,6 +202,11 @@ def _worker_errors() -> Iterator[None]:
 def _loader(
     images: TorchDataset[tuple[Tensor, int]], batch_size: int, sampler: Sampler[int] | None
 ) -> DataLoader[tuple[Tensor, int]]:
+    # Loader processes are forked. A fork taken while another thread of this process is inside an
+    # import copies a half-held import lock, and the child's first import (PIL loads its decoders
+    # lazily, on the first Image.open) then fails. Importing every decoder here, before the fork,
+    # leaves the children nothing to import.
+    Image.init()
     return DataLoader(
         images,
         batch_size=batch_size,
