@@ -6,10 +6,11 @@ contract is :class:`api_schemas.spec.JobSpec`.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api_schemas.results import RunSummary, Variant
 from api_schemas.spec import JobSpec
@@ -25,9 +26,10 @@ DatasetFormat = Literal["npz", "safetensors"]
 
 
 class _Response(BaseModel):
-    """Closed shapes: a field the server did not document is a bug, not an extension."""
+    """Closed shapes: a field the server did not document is a bug, not an extension. Numbers
+    are finite, as JSON's are: a non-finite one would reach clients as ``null``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Progress(_Response):
@@ -48,6 +50,20 @@ class Progress(_Response):
         default_factory=dict,
         description='Latest evaluation, e.g. `{"test_accuracy": 0.97, "train_loss": 0.1}`.',
     )
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _finite_metrics(cls, metrics: Any) -> Any:
+        """Leave out a metric that is no finite number (a loss at the step training diverged,
+        or the ``null`` such a value was stored as): progress is for display, and one odd
+        reading must neither fail the heartbeat that writes it nor the reads that follow."""
+        if not isinstance(metrics, dict):
+            return metrics
+        return {
+            name: value
+            for name, value in metrics.items()
+            if not (value is None or (isinstance(value, float) and not math.isfinite(value)))
+        }
 
 
 class JobError(_Response):

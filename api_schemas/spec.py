@@ -17,6 +17,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api_schemas.steps import Step, StepCount, comparable
 from api_schemas.synthetic import parse_synthetic
+from api_schemas.text import Text
 
 #: Built-in architectures (the engine's registry holds exactly these names); any torchvision
 #: classification model is also accepted as ``torchvision:<name>``.
@@ -50,6 +51,13 @@ TORCHVISION_DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100"
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PruneRate = Annotated[float, Field(ge=0.0, lt=1.0)]
 
+#: Labels: a few short key/value pairs (they are stored with every job and filtered on).
+MAX_LABELS = 50
+LABEL_KEY_MAX_LENGTH = 100
+LABEL_VALUE_MAX_LENGTH = 200
+LabelKey = Annotated[Text, Field(min_length=1, max_length=LABEL_KEY_MAX_LENGTH)]
+LabelValue = Annotated[Text, Field(max_length=LABEL_VALUE_MAX_LENGTH)]
+
 
 def field_error(model: str, loc: tuple[str, ...], message: str, value: object) -> ValidationError:
     """A validation error pinned to ``loc`` (relative to the model raising it), so that a
@@ -68,13 +76,15 @@ def field_error(model: str, loc: tuple[str, ...], message: str, value: object) -
 
 class _Strict(BaseModel):
     """Unknown fields are errors (a typo must not silently fall back to a default), and values
-    are not coerced: ``"seed": "0"`` is refused rather than guessed at."""
+    are not coerced: ``"seed": "0"`` is refused rather than guessed at. Numbers are finite:
+    Python's JSON reads ``Infinity`` and ``NaN``, but no other JSON reader (PostgreSQL's JSONB,
+    the clients) accepts them back, and no setting means them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
-    arch: str = Field(
+    arch: Text = Field(
         description="A built-in architecture (see GET /v1/models) or `torchvision:<name>`.",
         examples=["lenet_300_100", "resnet20", "torchvision:resnet18"],
     )
@@ -88,7 +98,7 @@ class ModelSpec(_Strict):
         default=None,
         description="mlp only (required there): the widths of the hidden layers, e.g. [300, 100].",
     )
-    weights: str | None = Field(
+    weights: Text | None = Field(
         default=None,
         description="Optional starting weights: a safetensors file (a path under a data root, or "
         "`file:///...`) whose keys and shapes match the model's state dict. Default: the "
@@ -134,7 +144,7 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    uri: str = Field(
+    uri: Text = Field(
         description="Where the data is: `torchvision://FashionMNIST`, `idx:///dir`, "
         "`npz:///file.npz`, `safetensors:///file`, `imagefolder:///dir`, `dataset://<id>` "
         "(an upload) or `synthetic://?classes=10&shape=1,28,28&train=2000&test=500`.",
@@ -307,7 +317,7 @@ class PruningSpec(_Strict):
     finetune_lr: float | None = Field(
         default=None, gt=0, description="finetune: the constant lr; default the schedule's last lr."
     )
-    exclude: list[str] = Field(
+    exclude: list[Text] = Field(
         default_factory=list,
         description="Layer names (e.g. 'fc' or 'fc.weight') never pruned.",
     )
@@ -362,11 +372,14 @@ class JobSpec(_Strict):
         "the same inputs (model, weights, seed, data, training and the pruning of the rounds "
         "before), instead of training them again. false trains everything.",
     )
-    name: str | None = Field(default=None, max_length=200, description="A human-readable name.")
-    labels: dict[str, str] = Field(
-        default_factory=dict, description="Free-form labels to filter jobs by."
+    name: Text | None = Field(default=None, max_length=200, description="A human-readable name.")
+    labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description=f"Free-form labels to filter jobs by: at most {MAX_LABELS}, keys of 1 to "
+        f"{LABEL_KEY_MAX_LENGTH} characters, values of at most {LABEL_VALUE_MAX_LENGTH}.",
     )
-    webhook_url: str | None = Field(
+    webhook_url: Text | None = Field(
         default=None,
         max_length=2000,
         description="Called (POST, signed as Standard Webhooks) when the job succeeds, fails or "

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from service.body_limit import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
@@ -115,9 +116,15 @@ def create_app(
     )
     app.state.lth = state
     install_problem_handlers(app)
-    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     for module in (jobs, events, artifacts, datasets, models, health):
         app.include_router(module.router)
     app.include_router(report_routes.router)
+    # Inside the metrics middleware, so refused bodies are counted; uploads cap themselves.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        exempt_paths={app.url_path_for("upload_dataset")},
+    )
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     install_openapi(app)
     return app

@@ -1,26 +1,46 @@
-"""Validate an uploaded dataset without executing anything in it.
+"""Validate an uploaded dataset without executing anything in it, in bounded memory.
 
-npz: ``numpy.load(allow_pickle=False)``, and array headers are read before any data, so an
-object (pickled) array is refused without being touched. safetensors cannot hold code. Only
-the label arrays are loaded (to count classes); inputs are checked by their headers.
+npz archives are read without numpy's unpickler and safetensors cannot hold code. Headers come
+first: declared sizes over the caps, dtypes and layouts the worker cannot train on are refused
+before any data is read. Then every array is read in chunks (:mod:`service.dataset_arrays`) to
+check its values, so a small file that decompresses to gigabytes never sits in memory.
 """
 
 from __future__ import annotations
 
-import zipfile
-import zlib
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from safetensors import SafetensorError, safe_open
+from service.dataset_arrays import (
+    REQUIRED,
+    ArrayHeader,
+    ArraySource,
+    DatasetTooLargeError,
+    InvalidDatasetError,
+)
+from service.dataset_values import check_dtype, check_features, is_labels, largest_label
+from service.npz_arrays import NpzArrays
+from service.safetensors_arrays import SafetensorsArrays
 
-REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+__all__ = [
+    "DatasetInfo",
+    "DatasetLimits",
+    "DatasetTooLargeError",
+    "InvalidDatasetError",
+    "inspect_dataset",
+    "read_headers",
+]
 
 
-class InvalidDatasetError(ValueError):
-    """The file is not a usable dataset; the message says why, for the caller."""
+@dataclass(frozen=True)
+class DatasetLimits:
+    """Caps on what an upload may hold (``LTH_MAX_DATASET_BYTES``, ``LTH_MAX_CLASSES``)."""
+
+    max_bytes: int
+    max_classes: int
 
 
 @dataclass(frozen=True)
@@ -44,34 +64,44 @@ class DatasetInfo:
         }
 
 
-#: Labels are decompressed in the API process to validate them: refuse absurd declared sizes
-#: before reading (a small compressed archive can declare gigabytes).
-MAX_LABEL_BYTES = 256 * 1024 * 1024
+@contextmanager
+def _open(path: Path, format: str) -> Iterator[ArraySource]:
+    source: NpzArrays | SafetensorsArrays
+    if format == "npz":
+        source = NpzArrays(path)
+    elif format == "safetensors":
+        source = SafetensorsArrays(path)
+    else:
+        raise InvalidDatasetError(f"unsupported format {format!r}")
+    try:
+        yield source
+    finally:
+        source.close()
 
 
-def _num_classes(labels: np.ndarray[Any, Any], key: str) -> int:
-    """Labels must be what the engine trains on: integer class indices from 0."""
-    if labels.size == 0:
-        raise InvalidDatasetError(f"{key} is empty: both splits need examples")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InvalidDatasetError(f"{key} must hold integer class indices, not {labels.dtype}")
-    if labels.min() < 0:
-        raise InvalidDatasetError(f"{key} holds negative labels; classes are numbered from 0")
-    return int(labels.max()) + 1
+def read_headers(path: Path, format: str) -> dict[str, ArrayHeader]:
+    """The four arrays' declared shapes and dtypes, reading no array data."""
+    with _open(path, format) as source:
+        return source.headers
 
 
-def _check_label_size(key: str, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
-    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if size > MAX_LABEL_BYTES:
-        raise InvalidDatasetError(f"{key} declares {size:,} bytes of labels; that is not plausible")
+def _check_sizes(headers: dict[str, ArrayHeader], limit: int) -> None:
+    for header in headers.values():
+        if header.stored_bytes > limit:
+            raise DatasetTooLargeError(
+                f"{header.key} holds {header.stored_bytes:,} bytes uncompressed; this service "
+                f"accepts at most {limit:,} bytes of arrays per dataset"
+            )
+    declared = sum(header.nbytes for header in headers.values())
+    if declared > limit:
+        shapes = ", ".join(f"{h.key} {h.shape} {h.dtype}" for h in headers.values())
+        raise DatasetTooLargeError(
+            f"the arrays declare {declared:,} bytes ({shapes}); this service accepts at most "
+            f"{limit:,} bytes of arrays per dataset"
+        )
 
 
-def _summarise(
-    shapes: dict[str, tuple[int, ...]],
-    dtypes: dict[str, str],
-    y_train: np.ndarray[Any, Any],
-    y_test: np.ndarray[Any, Any],
-) -> DatasetInfo:
+def _check_layout(shapes: dict[str, tuple[int, ...]]) -> None:
     for split in ("train", "test"):
         x, y = shapes[f"x_{split}"], shapes[f"y_{split}"]
         if len(x) < 1 or len(y) < 1:
@@ -82,100 +112,60 @@ def _summarise(
             )
         if len(y) != 1:
             raise InvalidDatasetError(f"y_{split} must be one label per example (1-D), got {y}")
+        if y[0] == 0:
+            raise InvalidDatasetError(f"y_{split} is empty: both splits need examples")
+        if not 2 <= len(x) <= 4:
+            raise InvalidDatasetError(
+                f"x_{split} has shape {x}; expected (N, features), (N, H, W), (N, C, H, W) or "
+                "(N, H, W, C)"
+            )
+        if 0 in x:
+            raise InvalidDatasetError(f"x_{split} has shape {x}: its examples hold no values")
     if shapes["x_train"][1:] != shapes["x_test"][1:]:
         raise InvalidDatasetError(
             f"x_train examples have shape {shapes['x_train'][1:]} but x_test examples "
             f"{shapes['x_test'][1:]}; they must match"
         )
-    classes = max(_num_classes(y_train, "y_train"), _num_classes(y_test, "y_test"))
+
+
+def _check_headers(headers: dict[str, ArrayHeader], limits: DatasetLimits) -> None:
+    """Everything that can be refused before reading data, the cheapest refusals first."""
+    for header in headers.values():
+        if header.dtype.hasobject:
+            check_dtype(header)  # the pickle refusal, whatever else is wrong
+    _check_sizes(headers, limits.max_bytes)
+    for header in headers.values():
+        check_dtype(header)
+    _check_layout({key: header.shape for key, header in headers.items()})
+    for header in headers.values():
+        if header.stored_bytes != header.nbytes:
+            raise InvalidDatasetError(
+                f"{header.key} declares shape {header.shape} of {header.dtype} "
+                f"({header.nbytes:,} bytes) but the file holds {header.stored_bytes:,} bytes "
+                "for it"
+            )
+
+
+def inspect_dataset(path: Path, format: str, limits: DatasetLimits) -> DatasetInfo:
+    """Validate an ``npz`` or ``safetensors`` file; :class:`InvalidDatasetError` says what is
+    wrong (:class:`DatasetTooLargeError` when it is over a cap)."""
+    with _open(path, format) as source:
+        headers = source.headers
+        _check_headers(headers, limits)
+        top = -1
+        for key in ("y_train", "y_test", "x_train", "x_test"):  # labels first: they are small
+            with closing(source.chunks(key)) as chunks:
+                if is_labels(key):
+                    top = max(top, largest_label(headers[key], chunks, limits.max_classes))
+                else:
+                    check_features(headers[key], chunks)
+    shapes = {key: headers[key].shape for key in REQUIRED}
     return DatasetInfo(
         train_size=shapes["x_train"][0],
         test_size=shapes["x_test"][0],
         input_shape=list(shapes["x_train"][1:]),
-        num_classes=classes,
-        arrays={k: {"shape": list(shapes[k]), "dtype": dtypes[k]} for k in REQUIRED},
+        num_classes=top + 1,
+        arrays={
+            key: {"shape": list(shapes[key]), "dtype": str(headers[key].dtype)} for key in REQUIRED
+        },
     )
-
-
-def _missing(found: list[str]) -> InvalidDatasetError:
-    missing = [k for k in REQUIRED if k not in found]
-    return InvalidDatasetError(
-        f"missing arrays {', '.join(missing)}; a dataset needs {', '.join(REQUIRED)} "
-        f"(found: {', '.join(sorted(found)) or 'none'})"
-    )
-
-
-def _npy_header(npz: Any, key: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
-    with npz.zip.open(f"{key}.npy") as handle:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise InvalidDatasetError(f"{key}: unsupported .npy format version {version}")
-    return tuple(int(n) for n in shape), dtype
-
-
-def inspect_npz(path: Path) -> DatasetInfo:
-    """Validate an .npz archive; :class:`InvalidDatasetError` says what is wrong."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise InvalidDatasetError(f"not a readable .npz archive without pickles: {exc}") from exc
-    if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise InvalidDatasetError("not an .npz archive (a single .npy array?)")
-    with loaded as npz:
-        if any(k not in npz.files for k in REQUIRED):
-            raise _missing(list(npz.files))
-        shapes: dict[str, tuple[int, ...]] = {}
-        dtypes: dict[str, str] = {}
-        try:
-            for key in REQUIRED:
-                shape, dtype = _npy_header(npz, key)
-                if dtype.hasobject:
-                    raise InvalidDatasetError(
-                        f"{key} holds Python objects (stored as a pickle); only numeric arrays "
-                        "are accepted"
-                    )
-                shapes[key], dtypes[key] = shape, str(dtype)
-                if key.startswith("y_"):
-                    _check_label_size(key, shape, dtype)
-            y_train, y_test = npz["y_train"], npz["y_test"]
-        except InvalidDatasetError:
-            raise
-        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-            raise InvalidDatasetError(f"unreadable array in the archive: {exc}") from exc
-    return _summarise(shapes, dtypes, y_train, y_test)
-
-
-def inspect_safetensors(path: Path) -> DatasetInfo:
-    """Validate a safetensors file; :class:`InvalidDatasetError` says what is wrong."""
-    try:
-        with safe_open(str(path), framework="numpy") as handle:
-            keys = list(handle.keys())
-            if any(k not in keys for k in REQUIRED):
-                raise _missing(keys)
-            shapes: dict[str, tuple[int, ...]] = {}
-            dtypes: dict[str, str] = {}
-            for key in REQUIRED:
-                tensor_slice = handle.get_slice(key)
-                shapes[key] = tuple(int(n) for n in tensor_slice.get_shape())
-                dtypes[key] = str(tensor_slice.get_dtype())
-                if key.startswith("y_") and int(np.prod(shapes[key])) * 8 > MAX_LABEL_BYTES:
-                    raise InvalidDatasetError(f"{key} declares an implausible number of labels")
-            y_train, y_test = handle.get_tensor("y_train"), handle.get_tensor("y_test")
-    except InvalidDatasetError:
-        raise
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise InvalidDatasetError(f"not a readable safetensors file: {exc}") from exc
-    return _summarise(shapes, dtypes, y_train, y_test)
-
-
-def inspect_dataset(path: Path, format: str) -> DatasetInfo:
-    """Dispatch on the format (``npz`` or ``safetensors``)."""
-    if format == "npz":
-        return inspect_npz(path)
-    if format == "safetensors":
-        return inspect_safetensors(path)
-    raise InvalidDatasetError(f"unsupported format {format!r}")

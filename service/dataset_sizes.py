@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy.orm import Session
 
 from api_schemas.synthetic import parse_synthetic
-from service.dataset_files import InvalidDatasetError, inspect_dataset
+from service.dataset_files import InvalidDatasetError, read_headers
 from store.datasets import dataset_id_from_uri, get_dataset
 from store.tables import Tenant
 
@@ -65,7 +65,8 @@ def train_size(uri: str, session: Session, tenant: Tenant) -> int | None:
         if parts.scheme == "idx":
             return _idx_count(path)
         if parts.scheme in ("npz", "safetensors") and path.is_file():
-            return inspect_dataset(path, parts.scheme).train_size
+            shape = read_headers(path, parts.scheme)["x_train"].shape
+            return shape[0] if shape else None
     except (ValueError, OSError, InvalidDatasetError):
         return None
     return None

@@ -1,9 +1,11 @@
-"""OpenAPI: problem responses as ``application/problem+json`` with the Problem schema."""
+"""OpenAPI: problem responses as ``application/problem+json`` with the Problem schema, and the
+links that lead from a created job to the operations on it."""
 
 from __future__ import annotations
 
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -16,6 +18,35 @@ _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``responses=`` entries documenting these status codes as problems."""
     return {code: {"model": Problem, "description": HTTPStatus(code).phrase} for code in codes}
+
+
+#: What a job's id leads to: each operation (path, method) that takes it, by link name.
+JOB_OPERATIONS: dict[str, tuple[str, str]] = {
+    "GetJob": ("/v1/jobs/{job_id}", "get"),
+    "CancelJob": ("/v1/jobs/{job_id}/cancel", "post"),
+    "ListJobEvents": ("/v1/jobs/{job_id}/events", "get"),
+    "ListArtifacts": ("/v1/jobs/{job_id}/artifacts", "get"),
+    "GetRounds": ("/v1/jobs/{job_id}/rounds", "get"),
+    "GetReport": ("/v1/jobs/{job_id}/report", "get"),
+}
+
+
+def operation_ref(path: str, method: str) -> str:
+    """The ``operationRef`` of an operation of this document (a JSON Pointer in a fragment)."""
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return f"#/paths/{quote(pointer, safe='~')}/{method}"
+
+
+def job_links() -> dict[str, dict[str, Any]]:
+    """OpenAPI links from a response whose body is a job to the operations on that job."""
+    return {
+        name: {
+            "operationRef": operation_ref(path, method),
+            "parameters": {"job_id": "$response.body#/id"},
+            "description": f"`{method.upper()} {path}` with the job's `id`.",
+        }
+        for name, (path, method) in JOB_OPERATIONS.items()
+    }
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -3,6 +3,9 @@
 Validation errors name the exact field inside the body (``pruning.rewind_to``), including errors
 raised by a model-level validator, which pydantic reports at the enclosing model: the message
 names the field, so the location is moved onto it.
+
+A 405 lists in ``Allow`` every method the path serves: Starlette names only those of the first
+route whose path matched, and each method of a path is a route of its own here.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from api_schemas.problem import PROBLEM_MEDIA_TYPE, FieldError, Problem
+from api_schemas.text import NO_NUL_PATTERN, NUL_MESSAGE
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +170,9 @@ def field_errors(raw_errors: Sequence[Any], body_model: type[BaseModel] | None) 
         msg = str(raw.get("msg", "invalid value")).removeprefix("Value error, ")
         source = loc[0] if loc else "body"
         path = loc[1:] if loc and loc[0] in ("body", "query", "path", "header", "cookie") else loc
-        if source == "body" and kind == "json_invalid":
+        if kind == "string_pattern_mismatch" and _pattern_of(raw) == NO_NUL_PATTERN:
+            kind, msg = "nul_character", NUL_MESSAGE
+        elif source == "body" and kind == "json_invalid":
             path = []
             reason = (raw.get("ctx") or {}).get("error")
             msg = f"the body is not valid JSON ({reason})" if reason else "the body is not JSON"
@@ -185,6 +192,10 @@ def field_errors(raw_errors: Sequence[Any], body_model: type[BaseModel] | None) 
             text = f"{source}.{text}" if text else str(source)
         result.append(FieldError(loc=text, msg=msg, type=kind))
     return result
+
+
+def _pattern_of(raw: Any) -> object:
+    return (raw.get("ctx") or {}).get("pattern")
 
 
 def _body_model(request: Request) -> type[BaseModel] | None:
@@ -217,11 +228,29 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
     return await _on_problem(request, problem)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app fully matches at the request's path."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+
+
 async def _on_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     phrase = HTTPStatus(exc.status_code).phrase
     detail = exc.detail if exc.detail and exc.detail != phrase else None
-    return problem_response(request, exc.status_code, detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
+    return problem_response(request, exc.status_code, detail, headers=headers)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from api_schemas.jobs import DatasetFormat
+from store.ids import looks_like_id
 from store.tables import DatasetRow, utcnow
 
 DATASET_SCHEME = "dataset"
@@ -61,7 +62,10 @@ def add_dataset(
 
 
 def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> DatasetRow | None:
-    """The tenant's dataset; None when missing or another tenant's."""
+    """The tenant's dataset; None when missing or another tenant's, and without a query for text
+    that is no dataset id at all."""
+    if not looks_like_id(dataset_id, "ds"):
+        return None
     return session.scalars(
         sa.select(DatasetRow).where(DatasetRow.id == dataset_id, DatasetRow.tenant_id == tenant_id)
     ).one_or_none()

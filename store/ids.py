@@ -26,5 +26,9 @@ def new_id(prefix: str) -> str:
 
 
 def looks_like_id(text: str, prefix: str) -> bool:
-    """Whether ``text`` has the shape of an id with ``prefix`` (cheap pre-check, not a lookup)."""
-    return text.startswith(prefix + "_") and _ID_RE.match(text) is not None
+    """Whether ``text`` has the shape of an id with ``prefix`` (cheap pre-check, not a lookup).
+
+    Lookups check it first: text of any other shape names nothing, and must not reach the
+    database, which may refuse it outright (PostgreSQL and a NUL character).
+    """
+    return text.startswith(prefix + "_") and _ID_RE.fullmatch(text) is not None

@@ -13,7 +13,7 @@ import binascii
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -37,10 +37,11 @@ from store.errors import (
     UnknownTenantError,
 )
 from store.events import add_event
-from store.ids import new_id
+from store.ids import looks_like_id, new_id
 from store.tables import JobRow, Tenant, utcnow
 
 MAX_PAGE = 100
+JOB_ID_PREFIX = "job"
 
 ClaimReason = Literal[
     "claimed", "not_found", "not_queued", "not_running", "heartbeat_fresh", "cancelled", "exhausted"
@@ -133,7 +134,7 @@ def create_job(
             raise TooManyActiveJobsError(active, max_active)
     now = now or utcnow()
     job = JobRow(
-        id=new_id("job"),
+        id=new_id(JOB_ID_PREFIX),
         tenant_id=tenant_id,
         status="queued",
         spec=spec.model_dump(mode="json"),
@@ -154,7 +155,10 @@ def create_job(
 
 
 def get_job(session: Session, tenant_id: str, job_id: str) -> JobRow | None:
-    """The tenant's job; None when missing *or* another tenant's (callers answer 404 alike)."""
+    """The tenant's job; None when missing *or* another tenant's (callers answer 404 alike), and
+    without a query for text that is no job id at all."""
+    if not looks_like_id(job_id, JOB_ID_PREFIX):
+        return None
     return session.scalars(
         sa.select(JobRow).where(JobRow.id == job_id, JobRow.tenant_id == tenant_id)
     ).one_or_none()
@@ -177,15 +181,19 @@ def encode_cursor(created_at: datetime, job_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Inverse of :func:`encode_cursor`; :class:`InvalidCursorError` for anything else."""
+    """Inverse of :func:`encode_cursor`; :class:`InvalidCursorError` for anything else, so that
+    nothing but a time and a job id from a cursor reaches the query."""
+    message = "malformed cursor; pass next_cursor from a previous page"
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at_text, job_id = json.loads(raw)
         created_at = datetime.fromisoformat(created_at_text)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidCursorError("malformed cursor; pass next_cursor from a previous page") from exc
-    if not isinstance(job_id, str) or created_at.tzinfo is None:
-        raise InvalidCursorError("malformed cursor; pass next_cursor from a previous page")
+        aware = created_at.tzinfo is not None
+        created_at = created_at.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, OverflowError, RecursionError) as exc:
+        raise InvalidCursorError(message) from exc
+    if not aware or not isinstance(job_id, str) or not looks_like_id(job_id, JOB_ID_PREFIX):
+        raise InvalidCursorError(message)
     return created_at, job_id
 
 

@@ -62,6 +62,26 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=512 * MiB, ge=1, description="Largest dataset upload accepted (413 beyond)."
     )
+    max_dataset_bytes: int = Field(
+        default=4096 * MiB,
+        ge=1,
+        description="Largest uncompressed size of an uploaded dataset's arrays together (what a "
+        "worker loads into memory); an upload declaring or decompressing to more is refused "
+        "(422) before it is read into memory.",
+    )
+    max_classes: int = Field(
+        default=100_000,
+        ge=2,
+        description="Labels of an uploaded dataset must be integers from 0 to this minus one "
+        "(422 otherwise).",
+    )
+    max_body_bytes: int = Field(
+        default=1 * MiB,
+        ge=1,
+        description="Largest request body accepted outside dataset uploads (job specs and other "
+        "JSON), counted as it arrives, chunked bodies included (413 beyond); uploads have "
+        "`LTH_MAX_UPLOAD_BYTES`.",
+    )
     max_steps_per_job: int = Field(
         default=5_000_000,
         ge=1,

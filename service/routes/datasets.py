@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 
 from api_schemas.jobs import Dataset, DatasetFormat, DatasetList
 from api_schemas.problem import FieldError
-from service.dataset_files import DatasetInfo, InvalidDatasetError, inspect_dataset
+from service.dataset_files import DatasetInfo, DatasetLimits, InvalidDatasetError, inspect_dataset
 from service.deps import CurrentTenant, SessionDep, StateDep
 from service.openapi import problems
 from service.problems import ProblemError, not_found, validation_problem
@@ -103,8 +103,9 @@ def _save(
     name="upload_dataset",
     summary="Upload a dataset",
     description="Multipart upload of an .npz (no pickles) or .safetensors file holding "
-    "`x_train`, `y_train`, `x_test`, `y_test`. Validated before it is stored; use the answer's "
-    "`uri` as `dataset.uri` in a job.",
+    "`x_train`, `y_train`, `x_test`, `y_test`: features uint8 or finite floats, labels integers "
+    "from 0 below `LTH_MAX_CLASSES`, at most `LTH_MAX_DATASET_BYTES` uncompressed. Validated "
+    "before it is stored; use the answer's `uri` as `dataset.uri` in a job.",
     openapi_extra=_UPLOAD_BODY,
     responses=problems(400, 401, 413, 415, 422),
 )
@@ -126,10 +127,11 @@ async def upload_dataset(
         name = form.fields.get("name") or upload.filename
         if len(name) > 200:
             raise _field_error("name", "at most 200 characters", "too_long")
+        limits = DatasetLimits(settings.max_dataset_bytes, settings.max_classes)
         try:
-            info = await anyio.to_thread.run_sync(inspect_dataset, upload.path, fmt)
+            info = await anyio.to_thread.run_sync(inspect_dataset, upload.path, fmt, limits)
         except InvalidDatasetError as exc:
-            raise _field_error("file", str(exc), "invalid_dataset") from exc
+            raise _field_error("file", str(exc), exc.kind) from exc
         dataset = await anyio.to_thread.run_sync(_save, state, tenant, upload, fmt, info, name)
     finally:
         upload.path.unlink(missing_ok=True)  # a no-op once renamed into place

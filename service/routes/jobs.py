@@ -7,17 +7,17 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError, WithJsonSchema
 
 from api_schemas.examples import MINIMAL_SPEC
 from api_schemas.jobs import Job, JobList, JobStatus
 from api_schemas.problem import FieldError
 from api_schemas.results import RoundResult
-from api_schemas.spec import JobSpec
+from api_schemas.spec import LABEL_KEY_MAX_LENGTH, LABEL_VALUE_MAX_LENGTH, MAX_LABELS, JobSpec
 from service.admission import check_spec
 from service.artifact_files import read_rounds
 from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
-from service.openapi import problems
+from service.openapi import job_links, problems
 from service.problems import ProblemError, not_found, validation_problem
 from service.views import job_view
 from store import jobs as job_store
@@ -29,7 +29,13 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9_.\-/]{1,100}$")
+_LABEL_KEY = rf"[A-Za-z0-9_.\-/]{{1,{LABEL_KEY_MAX_LENGTH}}}"
+_LABEL_VALUE = rf"[^\u0000]{{0,{LABEL_VALUE_MAX_LENGTH}}}"
+_LABEL_FILTER = re.compile(f"{_LABEL_KEY}:{_LABEL_VALUE}")
+#: A `label` filter as the schema states it; the route checks it (for the message it gives).
+LabelFilter = Annotated[
+    str, WithJsonSchema({"type": "string", "pattern": f"^{_LABEL_KEY}:{_LABEL_VALUE}$"})
+]
 _rounds_adapter = TypeAdapter(list[RoundResult])
 
 
@@ -54,7 +60,7 @@ def _enqueue(state: StateDep, job_id: str) -> None:
     name="create_job",
     summary="Submit a pruning job",
     response_description="Accepted; poll `urls.self` or stream `urls.events`.",
-    responses=problems(401, 409, 422, 429),
+    responses={202: {"links": job_links()}, **problems(400, 401, 409, 413, 422, 429)},
 )
 def create_job(
     request: Request,
@@ -120,20 +126,24 @@ def create_job(
     return job_view(job, request)
 
 
+def _label_error(msg: str) -> ProblemError:
+    return validation_problem([FieldError(loc="query.label", msg=msg, type="value_error")])
+
+
 def _parse_labels(labels: list[str]) -> dict[str, str]:
+    """``key:value`` filters, checked before any reaches the query: a key as labels have, a
+    value no longer than a label's and free of NUL characters."""
+    if len(labels) > MAX_LABELS:
+        raise _label_error(f"at most {MAX_LABELS} label filters (jobs have at most as many labels)")
     parsed: dict[str, str] = {}
     for item in labels:
-        key, sep, value = item.partition(":")
-        if not sep or not _LABEL_KEY.match(key):
-            raise validation_problem(
-                [
-                    FieldError(
-                        loc="query.label",
-                        msg=f"{item!r} is not key:value with a key of letters, digits and _.-/",
-                        type="value_error",
-                    )
-                ]
+        if not _LABEL_FILTER.fullmatch(item):
+            raise _label_error(
+                f"{item!r} is not key:value with a key of 1 to {LABEL_KEY_MAX_LENGTH} letters, "
+                f"digits and _.-/ and a value of at most {LABEL_VALUE_MAX_LENGTH} characters "
+                "without NUL"
             )
+        key, _, value = item.partition(":")
         parsed[key] = value
     return parsed
 
@@ -151,7 +161,7 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     status: Annotated[list[JobStatus] | None, Query(description="Only these statuses.")] = None,
     label: Annotated[
-        list[str] | None, Query(description="`key:value`; repeat to require several.")
+        list[LabelFilter] | None, Query(description="`key:value`; repeat to require several.")
     ] = None,
 ) -> JobList:
     try:
