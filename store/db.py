@@ -7,7 +7,10 @@ That serialises writers and readers alike; PostgreSQL is the backend for real co
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +56,10 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         # Take transaction control away from the sqlite3 module (see SQLAlchemy's SQLite docs).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -78,8 +81,32 @@ def alembic_config() -> Config:
     return config
 
 
+@contextmanager
+def _sqlite_migration_lock(url: URL) -> Iterator[None]:
+    """SQLite's counterpart of the advisory lock: an exclusive ``flock`` on a file beside the
+    database. The first connections to a new file switch it to WAL, and a switch that meets
+    another connection's DDL fails at once ("database is locked"), whatever the busy timeout."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database.startswith((":", "file:")):
+        yield  # a server's database, or one in memory
+        return
+    lock_path = Path(database).expanduser().with_name(Path(database).name + ".migrate-lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def migrate(url: str | URL, revision: str = "head") -> None:
     """Upgrade the database at ``url`` to ``revision``; safe to call from concurrent processes."""
+    with _sqlite_migration_lock(normalise_url(url)):
+        _migrate(url, revision)
+
+
+def _migrate(url: str | URL, revision: str) -> None:
     engine = make_engine(url)
     try:
         with engine.begin() as connection:
