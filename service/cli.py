@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -67,6 +68,14 @@ class WorkerSupervisor:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self._thread.join(timeout=5)
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM as a clean exit that unwinds the stack. Uvicorn stops serving on SIGTERM and then
+    raises the signal again under the handler it found; with the default handler the process
+    would die on the spot, before the worker it supervises is stopped (systemd, ``docker stop``
+    and ``lth demo`` all stop the service this way)."""
+    raise SystemExit(0)
 
 
 def _is_loopback(host: str) -> bool:
@@ -129,6 +138,7 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
         every_s=settings.reconcile_every_s,
     )
     supervisor = WorkerSupervisor(dict(os.environ)) if with_worker else None
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     reconciler.start()
     if supervisor is not None:
         supervisor.start()

@@ -233,6 +233,35 @@ def test_the_embedded_service_restarts_its_worker_and_resumes_the_job(
         assert done["attempt"] == 2
 
 
+def test_sigterm_stops_lth_serve_and_the_worker_it_supervises(embedded: Deployment) -> None:
+    """What systemd, ``docker stop`` and ``lth demo`` do: SIGTERM to the serve process alone
+    (not its process group) must not leave its worker running, reparented to PID 1."""
+    import os
+    import signal
+
+    serve = embedded.processes["serve"]
+    deadline = time.monotonic() + 60
+    while not (workers := children(serve.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert workers, embedded.log_tail()
+    supervised = [pid for worker in workers for pid in (worker, *children(worker))]
+    os.kill(serve.pid, signal.SIGTERM)
+    assert serve.wait(timeout=60) == 0, embedded.log_tail()
+    deadline = time.monotonic() + 30
+    while (alive := [pid for pid in supervised if _running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert alive == [], embedded.log_tail()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie awaiting its parent counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def test_completion_webhooks_are_signed_and_restricted(production: Deployment) -> None:
     from tests.store.test_store_webhooks import Receiver, verify
 
