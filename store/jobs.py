@@ -383,6 +383,24 @@ def resume_claim(
     return ClaimResult(False, reason, job)
 
 
+def release_job(
+    session: Session, job_id: str, *, attempt: int, reason: str, now: datetime | None = None
+) -> bool:
+    """Hand a running job back to the queue (running → queued) when its worker stops on
+    purpose: the next delivery claims it and resumes from its checkpoints. Fenced by
+    ``attempt`` like every worker write; False when the job is no longer this attempt's."""
+    now = now or utcnow()
+    released = session.execute(
+        _update()
+        .where(JobRow.id == job_id, JobRow.status == "running", JobRow.attempt == attempt)
+        .values(status="queued", worker=None, heartbeat_at=None, updated_at=now)
+    )
+    if rowcount(released) == 0:
+        return False
+    add_event(session, job_id, "state", {"status": "queued", "reason": reason}, now=now)
+    return True
+
+
 def heartbeat(
     session: Session,
     job_id: str,

@@ -14,4 +14,5 @@ settings = Settings()
 celery_app = make_celery(settings.broker_url, settings.home, settings.job_time_limit_s)
 celery_app.conf.include = ["worker.tasks"]
 
+import worker.handoff  # noqa: E402  (hands running jobs back on SIGTERM)
 import worker.liveness  # noqa: E402, F401  (connects the liveness signals)

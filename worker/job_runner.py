@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ from store import jobs as store_jobs
 from store.datasets import get_dataset
 from store.settings import Settings
 from store.webhooks import notify_completion
+from worker.handoff import sigterm_requested
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class _Shared:
     progress: JobProgress | None = None
     cancel: bool = False
     lost: bool = False
+    released: Callable[[], bool] = field(default=lambda: False)  # its worker is stopping
     started: float = field(default_factory=time.monotonic)
     start_fraction: float | None = None
     last_beat: float = field(default_factory=time.monotonic)
@@ -106,7 +109,8 @@ class JobRunner:
         )
         beat.start()
         try:
-            outcome = self._run_engine(job_id, attempt, tenant_id, spec, shared)
+            with sigterm_requested() as shared.released:
+                outcome = self._run_engine(job_id, attempt, tenant_id, spec, shared)
         finally:
             stop_heartbeat.set()
             beat.join(timeout=10)
@@ -136,7 +140,7 @@ class JobRunner:
                 self.settings.artifact_root / job_id,
                 self._data_config(tenant_id),
                 on_progress=lambda p: self._on_progress(job_id, p, shared),
-                should_stop=lambda: shared.cancel or shared.lost,
+                should_stop=lambda: shared.cancel or shared.lost or shared.released(),
                 poll_seconds=min(self.settings.heartbeat_seconds, 1.0),
                 cache=cache,
                 threads=threads,
@@ -148,6 +152,9 @@ class JobRunner:
             if shared.lost:
                 log.warning("job %s: attempt %d lost the job to another worker", job_id, attempt)
                 return "lost"
+            if shared.released() and not shared.cancel:
+                self._release(job_id, attempt)
+                return "released"
             self._finish(job_id, attempt, "cancelled")
             return "cancelled"
         except EngineError as exc:
@@ -181,6 +188,20 @@ class JobRunner:
         self._beat(job_id, attempt, shared)  # the final progress, before the final state
         self._finish(job_id, attempt, "succeeded", result=JobResult.from_summary(summary))
         return "succeeded"
+
+    def _release(self, job_id: str, attempt: int) -> None:
+        """Back to the queue, and sent again at once for another worker (the reconciler would
+        send it later anyway)."""
+        from store.queue import CeleryEnqueue
+        from worker.celery_app import celery_app
+
+        with self.sessions.begin() as session:
+            released = store_jobs.release_job(
+                session, job_id, attempt=attempt, reason="worker_stopping"
+            )
+        log.info("job %s: handed back to the queue%s", job_id, "" if released else " (lost)")
+        if released:
+            CeleryEnqueue(celery_app)(job_id)
 
     def _write_report(self, job_id: str) -> None:
         """The HTML and PNG report as artifacts; a failure here must not fail the job."""

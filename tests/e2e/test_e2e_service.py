@@ -139,6 +139,42 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(production: Deployment)
         assert [e["data"]["round"] for e in events if e["type"] == "round"] == [0, 1, 2]
 
 
+def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(production: Deployment) -> None:
+    """``docker stop`` signals the Celery parent alone: the worker must neither wait for the
+    job to end (hours) nor die mid-round; the job goes back to the queue and another worker
+    resumes it from its checkpoints."""
+    import os
+    import signal
+
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "1500it"}}
+    spec["training"]["checkpoint_every"] = "100it"
+    with production.client(production.key("tenant-a")) as client:
+        job = submit(client, spec)
+        wait_for(client, job["id"], {"running"})
+        while True:
+            progress = client.get(f"/v1/jobs/{job['id']}").json().get("progress") or {}
+            if progress.get("round", 0) >= 1 and progress.get("step", 0) >= 300:
+                break
+            time.sleep(0.1)
+        first = production.processes.pop("worker")
+        os.kill(first.pid, signal.SIGTERM)
+        assert first.wait(timeout=60) == 0, production.log_tail()
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+        assert job["status"] == "queued", job
+        production.start_worker("worker2")
+        done = wait_for(client, job["id"], TERMINAL, timeout=180)
+        assert done["status"] == "succeeded", (done, production.log_tail())
+        assert done["attempt"] == 2
+        events = client.get(f"/v1/jobs/{job['id']}/events", params={"limit": 1000}).json()["data"]
+        states = [e["data"] for e in events if e["type"] == "state"]
+        assert {"status": "queued", "reason": "worker_stopping"} in states
+        # The second attempt went on with round 1 from a checkpoint, not from its start.
+        handed = next(e["id"] for e in events if e["data"].get("reason") == "worker_stopping")
+        after = [e for e in events if e["id"] > handed and e["type"] == "progress"]
+        assert after[0]["data"]["round"] == 1 and after[0]["data"]["step"] >= 300
+        assert [e["data"]["round"] for e in events if e["type"] == "round"] == [0, 1, 2]
+
+
 def test_a_diverging_job_fails_with_the_step_and_the_worker_goes_on(
     production: Deployment,
 ) -> None:

@@ -136,6 +136,30 @@ def test_concurrent_claims_have_one_winner(
         assert job is not None and job.attempt == 1
 
 
+def test_a_released_job_is_queued_again_for_the_next_claim(
+    sessions: Sessions, tenant: Tenant, spec: JobSpec
+) -> None:
+    job_id = _create(sessions, tenant, spec)
+    with sessions.begin() as session:
+        jobs.claim_job(session, job_id, "w1")
+    with sessions.begin() as session:  # a stale attempt number changes nothing
+        assert not jobs.release_job(session, job_id, attempt=2, reason="worker_stopping")
+    with sessions.begin() as session:
+        assert jobs.release_job(session, job_id, attempt=1, reason="worker_stopping")
+    with sessions.begin() as session:
+        job = jobs.load_job(session, job_id)
+        assert job is not None and (job.status, job.worker, job.heartbeat_at) == (
+            "queued",
+            None,
+            None,
+        )
+        assert not jobs.release_job(session, job_id, attempt=1, reason="worker_stopping")
+    with sessions.begin() as session:
+        again = jobs.claim_job(session, job_id, "w2")
+    assert again.claimed and again.job is not None
+    assert (again.job.attempt, again.job.worker) == (2, "w2")
+
+
 def test_heartbeat_resume_and_fencing(sessions: Sessions, tenant: Tenant, spec: JobSpec) -> None:
     job_id = _create(sessions, tenant, spec)
     with sessions.begin() as session:
