@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from service.body_limit import BodyLimitMiddleware
 from service.metrics import Metrics, MetricsMiddleware
 from service.openapi import install_openapi
 from service.problems import install_problem_handlers
+from service.query_params import refuse_unknown_query
 from service.readiness import broker_check, database_check
 from service.routes import artifacts, datasets, events, health, jobs, models
 from service.routes import reports as report_routes
@@ -113,6 +114,7 @@ def create_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     app.state.lth = state
     install_problem_handlers(app)

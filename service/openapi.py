@@ -49,6 +49,13 @@ def job_links() -> dict[str, dict[str, Any]]:
     }
 
 
+_UNAVAILABLE: dict[str, Any] = {
+    "description": "Service Unavailable: the job store is away for a moment; try again after "
+    "`Retry-After` seconds.",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds."}},
+}
+
+
 def install_openapi(app: FastAPI) -> None:
     """Generate the schema once, rewriting every 4xx/5xx body (FastAPI's default 422 included)
     to the Problem schema under ``application/problem+json``."""
@@ -65,6 +72,8 @@ def install_openapi(app: FastAPI) -> None:
         )
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
+                # Any operation may meet the job store down for a moment (see problems.py).
+                operation.setdefault("responses", {}).setdefault("503", {**_UNAVAILABLE})
                 for code, response in operation.get("responses", {}).items():
                     if code.isdigit() and int(code) >= 400:
                         response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}

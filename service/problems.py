@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy import exc as db_errors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
@@ -253,6 +254,30 @@ async def _on_http(request: Request, exc: Exception) -> Response:
     return problem_response(request, exc.status_code, detail, headers=headers)
 
 
+#: What the database raises while it cannot serve (PEP 249's OperationalError and
+#: InterfaceError: down, restarting, unreachable, locked, out of connections), and the wait
+#: suggested to clients before they try again.
+DATABASE_UNAVAILABLE = (
+    db_errors.OperationalError,
+    db_errors.InterfaceError,
+    db_errors.TimeoutError,
+)
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _on_database_unavailable(request: Request, exc: Exception) -> Response:
+    """503, not 500: the request was fine and will succeed once the database is back (the
+    engine's pre-ping replaces dead connections, so recovery needs no restart)."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        request,
+        503,
+        "The job store is unavailable for a moment; try again shortly.",
+        kind="database-unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -265,4 +290,6 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    for error in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(error, _on_database_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
