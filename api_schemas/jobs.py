@@ -23,6 +23,9 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "running"})
 
 EventType = Literal["state", "progress", "round", "warning", "message", "reuse", "execution"]
 DatasetFormat = Literal["npz", "safetensors"]
+#: onnx: an architecture with its weights (``model.uri``); safetensors: starting weights for a
+#: built-in architecture (``model.weights``).
+ModelFormat = Literal["onnx", "safetensors"]
 
 
 class _Response(BaseModel):
@@ -226,3 +229,30 @@ class ModelList(_Response):
     """Every built-in architecture (any `torchvision:<name>` is accepted too)."""
 
     data: list[ModelInfo] = Field(description="The architectures.")
+
+
+class UploadedModel(_Response):
+    """An uploaded model: an ONNX graph for `model.uri`, or safetensors weights for
+    `model.weights`, named `model://<id>` in a spec."""
+
+    id: str = Field(description="Opaque id, `mdl_` and 26 characters.")
+    name: str = Field(description="The name given at upload (default: the file name).")
+    format: ModelFormat = Field(description="onnx (architecture and weights) or safetensors.")
+    size: int = Field(ge=0, description="Size in bytes.")
+    sha256: str = Field(description="Hex sha256 of the file.")
+    uri: str = Field(description="`model://<id>`: for `model.uri` (onnx) or `model.weights`.")
+    use_as: Literal["model.uri", "model.weights"] = Field(description="The spec field it fits.")
+    created_at: datetime = Field(description="Upload time (UTC).")
+    parameters: int = Field(ge=0, description="Values in its weights (initializers, tensors).")
+    input_shape: list[int] | None = Field(
+        default=None, description="onnx: one example's shape (batch left out) when fixed."
+    )
+    operators: list[str] = Field(
+        default_factory=list, description="onnx: the operators its graph uses."
+    )
+
+
+class UploadedModelList(_Response):
+    """A tenant's uploaded models, newest first."""
+
+    data: list[UploadedModel] = Field(description="The models.")

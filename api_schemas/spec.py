@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from api_schemas.steps import Step, StepCount, comparable
@@ -83,10 +92,26 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
+#: ``model.arch`` of a job whose architecture is an uploaded graph (``model.uri``); filled in
+#: when ``uri`` is given and ``arch`` left out.
+UPLOADED_ARCH = "uploaded"
+#: ``model://<id>`` names an upload (POST /v1/models/uploads): a graph for ``model.uri``,
+#: starting weights for ``model.weights``.
+MODEL_SCHEME = "model"
+
+
 class ModelSpec(_Strict):
     arch: Text = Field(
-        description="A built-in architecture (see GET /v1/models) or `torchvision:<name>`.",
+        description="A built-in architecture (see GET /v1/models) or `torchvision:<name>`; "
+        f"left out (or `{UPLOADED_ARCH}`) when `uri` names your own model.",
         examples=["lenet_300_100", "resnet20", "torchvision:resnet18"],
+    )
+    uri: Text | None = Field(
+        default=None,
+        description="Your own architecture and starting weights: `model://<id>` of an uploaded "
+        "ONNX model (POST /v1/models/uploads), or an `.onnx` path under a data root. Replaces "
+        "`arch`.",
+        examples=["model://mdl_01hzy3k7q9v8w2x4c6b0n5m1t8"],
     )
     width: int | None = Field(
         default=None,
@@ -100,15 +125,32 @@ class ModelSpec(_Strict):
     )
     weights: Text | None = Field(
         default=None,
-        description="Optional starting weights: a safetensors file (a path under a data root, or "
-        "`file:///...`) whose keys and shapes match the model's state dict. Default: the "
-        "architecture's standard random initialisation, seeded by `seed`.",
+        description="Optional starting weights: a safetensors file (`model://<id>` of an upload, "
+        "a path under a data root, or `file:///...`) whose keys and shapes match the model's "
+        "state dict. Default: the architecture's standard random initialisation, seeded by "
+        "`seed`.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arch_of_upload(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("uri") is not None and "arch" not in data:
+            return {**data, "arch": UPLOADED_ARCH}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _without_unset_uri(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``uri`` appears only when set, so the canonical form (and the ``spec_hash``) of every
+        spec without one is what it was before the field existed."""
+        data: dict[str, Any] = handler(self)
+        if data.get("uri", 0) is None:
+            del data["uri"]
+        return data
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        if arch in ARCHITECTURES:
+        if arch in ARCHITECTURES or arch == UPLOADED_ARCH:
             return arch
         if arch.startswith(TORCHVISION_PREFIX) and len(arch) > len(TORCHVISION_PREFIX):
             return arch
@@ -117,8 +159,31 @@ class ModelSpec(_Strict):
             f"or '{TORCHVISION_PREFIX}<name>' for a torchvision classification model"
         )
 
+    @field_validator("uri")
+    @classmethod
+    def _model_uri(cls, uri: str | None) -> str | None:
+        if uri is None or urlsplit(uri).scheme == MODEL_SCHEME or uri.startswith("/"):
+            return uri
+        if urlsplit(uri).scheme == "file":
+            return uri
+        raise ValueError(
+            f"{uri!r}: use model://<id> (an upload, see GET /v1/models/uploads) or the path of "
+            "an .onnx file"
+        )
+
     @model_validator(mode="after")
     def _options_fit_arch(self) -> ModelSpec:
+        if self.uri is not None and self.arch != UPLOADED_ARCH:
+            raise field_error(
+                "ModelSpec",
+                ("arch",),
+                f"uri names the whole model; leave arch out (it is {self.arch!r})",
+                self.arch,
+            )
+        if self.uri is None and self.arch == UPLOADED_ARCH:
+            raise field_error(
+                "ModelSpec", ("uri",), f"arch {UPLOADED_ARCH!r} needs uri: model://<id>", None
+            )
         if self.arch == "mlp" and not self.hidden_sizes:
             raise field_error(
                 "ModelSpec",

@@ -26,6 +26,8 @@ EXPECTED = {
     "search_cost": "python -m bench.search_cost",
     "overheads": "python -m bench.overheads",
     "concurrency": "python -m bench.concurrency",
+    "deploy_sizes": "python -m bench.deploy_sizes",
+    "onnx_check": "python -m bench.onnx_check",
     "gpu": "bash bench/gpu.sh",
 }
 #: bench.throughput's targets (its JSON records only whether each was met).

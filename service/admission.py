@@ -1,6 +1,6 @@
 """Checks a valid spec must also pass to be accepted *here*: its files lie inside the data
-roots, an uploaded dataset is the caller's, and the job is not longer nor its model larger than
-this service allows.
+roots, an uploaded dataset or model is the caller's (and of the kind its field takes), and the
+job is not longer nor its model larger than this service allows.
 
 They need the settings, the caller and the database, which the spec's own validators cannot see.
 """
@@ -15,12 +15,13 @@ from sqlalchemy.orm import Session
 from api_schemas.confine import PathRefusedError, confine
 from api_schemas.model_size import parameter_count
 from api_schemas.problem import FieldError
-from api_schemas.spec import JobSpec
+from api_schemas.spec import MODEL_SCHEME, UPLOADED_ARCH, JobSpec
 from api_schemas.steps import StepCount, to_iterations
 from api_schemas.synthetic import parse_synthetic
 from service.dataset_sizes import train_size
 from service.settings import Settings
 from store.datasets import dataset_id_from_uri, get_dataset
+from store.models import get_model_by_uri, model_id_from_uri
 from store.tables import Tenant
 from store.webhooks import host_allowed
 
@@ -84,11 +85,7 @@ def check_spec(
         problem = path_error(uri, settings, schemes=(scheme,))
         if problem:
             errors.append(FieldError(loc="dataset.uri", msg=problem, type="path_not_allowed"))
-    weights = spec.model.weights
-    if weights is not None:
-        problem = path_error(weights, settings)
-        if problem:
-            errors.append(FieldError(loc="model.weights", msg=problem, type="path_not_allowed"))
+    errors += upload_errors(spec, tenant, session, settings)
     if spec.webhook_url is not None:
         problem = webhook_error(spec.webhook_url, settings)
         if problem:
@@ -111,6 +108,68 @@ def check_spec(
             )
         )
     return errors
+
+
+def _model_location(
+    field: str, location: str, expected: str, tenant: Tenant, session: Session, settings: Settings
+) -> FieldError | None:
+    """Why ``field`` may not name ``location``: an upload of another kind or not the caller's,
+    or a path outside the data roots."""
+    if urlsplit(location).scheme != MODEL_SCHEME:
+        problem = path_error(location, settings)
+        return FieldError(loc=field, msg=problem, type="path_not_allowed") if problem else None
+    row = get_model_by_uri(session, tenant.id, location)
+    if row is None:
+        message = f"no uploaded model {model_id_from_uri(location)!r}; see GET /v1/models/uploads"
+        return FieldError(loc=field, msg=message, type="unknown_model")
+    if row.format != expected:
+        other = "model.uri" if row.format == "onnx" else "model.weights"
+        message = f"{location} is a {row.format} upload: name it in {other}, not {field}"
+        return FieldError(loc=field, msg=message, type="wrong_kind_of_model")
+    return None
+
+
+def upload_errors(
+    spec: JobSpec, tenant: Tenant, session: Session, settings: Settings
+) -> list[FieldError]:
+    """``model.uri`` must be an ONNX model and ``model.weights`` safetensors weights, each an
+    upload of the caller's or a file under a data root."""
+    errors = []
+    model = spec.model
+    if model.uri is not None:
+        error = _model_location("model.uri", model.uri, "onnx", tenant, session, settings)
+        errors += [error] if error else []
+    if model.weights is not None:
+        error = _model_location(
+            "model.weights", model.weights, "safetensors", tenant, session, settings
+        )
+        errors += [error] if error else []
+    return errors
+
+
+def _uploaded_model_error(
+    spec: JobSpec, session: Session, tenant: Tenant, settings: Settings
+) -> FieldError | None:
+    """An uploaded graph larger than this service builds, or made for other inputs."""
+    row = get_model_by_uri(session, tenant.id, spec.model.uri or "")
+    if row is None or row.format != "onnx":
+        return None  # reported by upload_errors, or a file the worker checks
+    count = int(row.meta.get("parameters", 0))
+    if count > settings.max_parameters:
+        message = (
+            f"the uploaded model has {count:,} parameters; this service builds at most "
+            f"{settings.max_parameters:,}"
+        )
+        return FieldError(loc="model.uri", msg=message, type="too_large")
+    expected, _ = data_shape(spec.dataset.uri, session, tenant)
+    shape = row.meta.get("input_shape")
+    if expected is not None and isinstance(shape, list) and tuple(shape) != tuple(expected):
+        message = (
+            f"the model takes examples of shape {tuple(shape)} but the dataset's have shape "
+            f"{tuple(expected)}"
+        )
+        return FieldError(loc="model.uri", msg=message, type="shape_mismatch")
+    return None
 
 
 def data_shape(
@@ -144,6 +203,8 @@ def model_error(
     """A built-in model with more parameters than this service builds, counted from the spec
     before any worker allocates it; torchvision models are counted by the worker."""
     model = spec.model
+    if model.arch == UPLOADED_ARCH:
+        return _uploaded_model_error(spec, session, tenant, settings)
     shape, classes = data_shape(spec.dataset.uri, session, tenant)
     count = parameter_count(
         model.arch,

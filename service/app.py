@@ -125,7 +125,7 @@ def create_app(
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        exempt_paths={app.url_path_for("upload_dataset")},
+        exempt_paths={app.url_path_for("upload_dataset"), app.url_path_for("upload_model")},
     )
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     install_openapi(app)

@@ -27,6 +27,7 @@ _MEDIA_TYPES = {
     ".safetensors": "application/octet-stream",
     ".json": "application/json",
     ".npz": "application/octet-stream",
+    ".onnx": "application/octet-stream",
     ".csv": "text/csv",
     ".png": "image/png",
     ".txt": "text/plain",

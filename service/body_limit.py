@@ -4,7 +4,7 @@ A declared Content-Length over the cap is refused before the app runs. Otherwise
 bodies, or a Content-Length that lies) the bytes are counted as the app reads them, and the
 read that passes the cap fails: whatever the app answers to that failure (FastAPI turns it into
 a 400) is dropped and the 413 sent instead. Paths that stream their own capped upload
-(``/v1/datasets``, :mod:`service.uploads`) are exempt.
+(dataset and model uploads, :mod:`service.uploads`) are exempt.
 """
 
 from __future__ import annotations

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         "worker loads into memory); an upload declaring or decompressing to more is refused "
         "(422) before it is read into memory.",
     )
+    max_model_bytes: int = Field(
+        default=512 * MiB,
+        ge=1,
+        description="Largest model upload accepted (an ONNX model or safetensors weights; 413 "
+        "beyond).",
+    )
     max_classes: int = Field(
         default=100_000,
         ge=2,
@@ -198,3 +204,8 @@ class Settings(BaseSettings):
     def upload_root(self) -> Path:
         """Where uploaded datasets live, one folder per tenant."""
         return self.home / "datasets"
+
+    @property
+    def model_root(self) -> Path:
+        """Where uploaded models live, one folder per tenant."""
+        return self.home / "models"

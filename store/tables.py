@@ -155,6 +155,24 @@ class DatasetRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+class ModelRow(Base):
+    """An uploaded, validated model file under ``<home>/models/<tenant>/``: an ONNX graph
+    (architecture and weights) or safetensors starting weights for a built-in architecture."""
+
+    __tablename__ = "models"
+    __table_args__ = (sa.Index("ix_models_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    format: Mapped[str] = mapped_column(sa.String(16))
+    path: Mapped[str] = mapped_column(sa.Text)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONType)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
 class WorkerRow(Base):
     """A worker process that announced itself; ``last_seen_at`` is its liveness heartbeat."""
 

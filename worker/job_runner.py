@@ -32,6 +32,7 @@ from reports import write_report
 from store import events as store_events
 from store import jobs as store_jobs
 from store.datasets import get_dataset
+from store.models import get_model_by_uri, model_id_from_uri
 from store.settings import Settings
 from store.webhooks import notify_completion
 from worker.handoff import sigterm_requested
@@ -135,10 +136,11 @@ class JobRunner:
         threads = budget.enter_context(thread_budget(self.settings))
         torch.set_num_threads(max(1, threads()))
         try:
+            spec, model_files = self._resolve_models(tenant_id, spec)
             run = IMPRun(
                 spec,
                 self.settings.artifact_root / job_id,
-                self._data_config(tenant_id),
+                self._data_config(tenant_id, model_files),
                 on_progress=lambda p: self._on_progress(job_id, p, shared),
                 should_stop=lambda: shared.cancel or shared.lost or shared.released(),
                 poll_seconds=min(self.settings.heartbeat_seconds, 1.0),
@@ -228,7 +230,37 @@ class JobRunner:
                 f"service allows at most {self.settings.max_steps_per_job:,}"
             )
 
-    def _data_config(self, tenant_id: str) -> Any:
+    def _resolve_models(self, tenant_id: str, spec: JobSpec) -> tuple[JobSpec, tuple[Path, ...]]:
+        """``model://<id>`` in ``model.uri`` (ONNX) and ``model.weights`` (safetensors) becomes
+        the tenant's file, since the engine reads paths; a path in ``model.uri`` is confined to
+        the data roots as at submission. Returns the spec the engine runs and the upload files
+        it may read."""
+        from api_schemas.confine import PathRefusedError, confine
+        from worker.engine.errors import DataError
+
+        changes: dict[str, str] = {}
+        for name, kind in (("uri", "onnx"), ("weights", "safetensors")):
+            location = getattr(spec.model, name)
+            if location is None or model_id_from_uri(location) is None:
+                if location is not None and name == "uri":
+                    excluded = [self.settings.upload_root, self.settings.model_root]
+                    try:
+                        confine(location, self.settings.data_roots, excluded)
+                    except PathRefusedError as error:
+                        raise DataError(f"model.uri: {error}") from error
+                continue
+            with self.sessions() as session:
+                row = get_model_by_uri(session, tenant_id, location)
+            if row is None or row.format != kind:  # deleted since submission
+                raise DataError(f"model.{name}: {location} is not one of your {kind} uploads")
+            changes[name] = row.path
+        if not changes:
+            return spec, ()
+        model = spec.model.model_copy(update=changes)
+        files = tuple(Path(path) for path in changes.values())
+        return spec.model_copy(update={"model": model}), files
+
+    def _data_config(self, tenant_id: str, model_files: tuple[Path, ...] = ()) -> Any:
         from worker.engine.data import DataConfig
         from worker.engine.errors import DataError
 
@@ -240,7 +272,7 @@ class JobRunner:
             return Path(row.path)
 
         return DataConfig(
-            roots=tuple(self.settings.data_roots),
+            roots=(*self.settings.data_roots, *model_files),
             download=self.settings.allow_download,
             torchvision_root=self.settings.home / "torchvision",
             uploads=upload,
@@ -257,6 +289,12 @@ class JobRunner:
             return
         if p.event == "execution":
             self._event(job_id, shared, "execution", dict(p.info))
+            return
+        if p.event == "export":  # the ONNX file; a skipped one warns, the job still succeeds
+            skipped = p.info.get("status") == "skipped"
+            text = f"no model.onnx: {p.info.get('reason')}" if skipped else "wrote model.onnx"
+            data = {"message": text, **p.info}
+            self._event(job_id, shared, "warning" if skipped else "message", data)
             return
         with shared.lock:
             if shared.start_fraction is None:

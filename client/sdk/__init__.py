@@ -9,9 +9,10 @@ Usage::
         job = lth.wait(job.id, on_progress=print)
         if job.status == "succeeded":
             lth.download_all(job.id, Path("out"))  # sha256-checked, resumable
+            model = lth.load_ticket(job.id)  # torch module, mask applied
 
 :class:`AsyncClient` offers the same methods for asyncio. Every failure raises a subclass of
-:class:`LthError`.
+:class:`LthError`. :func:`apply_mask` puts a mask (``Client.masks``) onto any module.
 """
 
 from client.sdk.async_client import AsyncClient
@@ -19,7 +20,9 @@ from client.sdk.errors import (
     ApiError,
     ChecksumMismatch,
     Conflict,
+    JobNotSucceeded,
     LthError,
+    MaskMismatch,
     NotFound,
     RateLimited,
     Unauthorized,
@@ -29,6 +32,7 @@ from client.sdk.errors import (
     WaitTimeout,
 )
 from client.sdk.sync_client import Client
+from client.sdk.tickets import apply_mask
 
 __all__ = [
     "ApiError",
@@ -36,7 +40,9 @@ __all__ = [
     "ChecksumMismatch",
     "Client",
     "Conflict",
+    "JobNotSucceeded",
     "LthError",
+    "MaskMismatch",
     "NotFound",
     "RateLimited",
     "Unauthorized",
@@ -44,4 +50,5 @@ __all__ = [
     "Unreachable",
     "ValidationFailed",
     "WaitTimeout",
+    "apply_mask",
 ]

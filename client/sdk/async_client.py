@@ -11,14 +11,14 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
 from api_schemas.jobs import Artifact, Dataset, Event, EventList, Job, JobList, ModelInfo
 from api_schemas.results import RoundResult
 from api_schemas.spec import JobSpec
-from client.sdk import calls
+from client.sdk import calls, tickets
 from client.sdk.calls import Call, Request
 from client.sdk.config import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientConfig
 from client.sdk.download import PartialDownload, select_artifacts, target_in
@@ -27,6 +27,10 @@ from client.sdk.paging import EventPages, JobPages
 from client.sdk.retry import RetryPolicy
 from client.sdk.sse import EventStream
 from client.sdk.waiting import JobWatch, is_terminal
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from torch import nn
 
 T = TypeVar("T")
 EventHook = Callable[..., Any]
@@ -264,6 +268,39 @@ class AsyncClient:
             )
             for a in chosen
         ]
+
+    # -------------------------------------------------------------------------------- tickets
+
+    async def load_ticket(
+        self, job_id: str, dest: Path | None = None, *, into: nn.Module | None = None
+    ) -> nn.Module:
+        """The winning ticket as a module, its mask applied (see ``Client.load_ticket``)."""
+        return await self._load_module(job_id, tickets.TICKET_FILE, dest, into)
+
+    async def load_trained(
+        self, job_id: str, dest: Path | None = None, *, into: nn.Module | None = None
+    ) -> nn.Module:
+        """The winning round's trained sparse model (see ``Client.load_trained``)."""
+        return await self._load_module(job_id, tickets.TRAINED_FILE, dest, into)
+
+    async def masks(self, job_id: str, dest: Path | None = None) -> dict[str, npt.NDArray[Any]]:
+        """The winning ticket's bool masks by state-dict name (see ``Client.masks``)."""
+        tickets.require_succeeded(await self.get_job(job_id))
+        source = tickets.mask_source(job_id, await self.list_artifacts(job_id))
+        with tickets.folder(dest) as where:
+            target = target_in(where, source.name)
+            path = await self.download_artifact(job_id, source.name, target, source.sha256)
+            return tickets.read_masks(path)
+
+    async def _load_module(
+        self, job_id: str, name: str, dest: Path | None, into: nn.Module | None
+    ) -> nn.Module:
+        tickets.require_succeeded(await self.get_job(job_id))
+        with tickets.folder(dest) as where:
+            manifest, sparse = await self.download_all(
+                job_id, where, names=[tickets.MANIFEST_FILE, name]
+            )
+            return tickets.build_module(manifest, sparse, into)
 
     # ---------------------------------------------------------------------- datasets, models
 

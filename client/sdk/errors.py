@@ -53,6 +53,20 @@ class WaitTimeout(LthError):
         self.job = job
 
 
+class JobNotSucceeded(LthError):
+    """A ticket or mask was asked of a job that has not succeeded (still running, or ended
+    otherwise): it has none yet, or never will."""
+
+    def __init__(self, job: Job) -> None:
+        reason = f" ({job.error.code}: {job.error.message})" if job.error else ""
+        super().__init__(f"job {job.id} is {job.status}{reason}: only a succeeded job has a ticket")
+        self.job = job
+
+
+class MaskMismatch(LthError, ValueError):
+    """A mask does not fit a module: a key the module lacks, or a shape that differs."""
+
+
 class ApiError(LthError):
     """The server answered with an error: the fields of its problem+json body."""
 

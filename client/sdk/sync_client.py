@@ -8,14 +8,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
 from api_schemas.jobs import Artifact, Dataset, Event, EventList, Job, JobList, ModelInfo
 from api_schemas.results import RoundResult
 from api_schemas.spec import JobSpec
-from client.sdk import calls
+from client.sdk import calls, tickets
 from client.sdk.calls import Call, Request
 from client.sdk.config import DEFAULT_BACKOFF, DEFAULT_RETRIES, DEFAULT_TIMEOUT, ClientConfig
 from client.sdk.download import PartialDownload, select_artifacts, target_in
@@ -24,6 +24,10 @@ from client.sdk.paging import EventPages, JobPages
 from client.sdk.retry import RetryPolicy
 from client.sdk.sse import EventStream
 from client.sdk.waiting import JobWatch, is_terminal
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    from torch import nn
 
 T = TypeVar("T")
 EventHook = Callable[..., Any]
@@ -260,6 +264,46 @@ class Client:
             self.download_artifact(job_id, a.name, target_in(Path(dest_dir), a.name), a.sha256)
             for a in chosen
         ]
+
+    # -------------------------------------------------------------------------------- tickets
+
+    def load_ticket(
+        self, job_id: str, dest: Path | None = None, *, into: nn.Module | None = None
+    ) -> nn.Module:
+        """The winning ticket as a module of the job's architecture: the weights at the rewind
+        point with the mask applied (pruned weights exactly zero), bit for bit those of
+        ``ticket.safetensors``. Downloads the compact ``ticket.sparse.safetensors`` (sha256
+        checked) into ``dest`` (kept, and not fetched again while intact) or a temporary folder.
+        For a job on your own uploaded model, pass an instance of it as ``into``: the weights
+        are loaded into it by their state-dict names. Needs torch; a job that has not succeeded
+        raises :class:`JobNotSucceeded`."""
+        return self._load_module(job_id, tickets.TICKET_FILE, dest, into)
+
+    def load_trained(
+        self, job_id: str, dest: Path | None = None, *, into: nn.Module | None = None
+    ) -> nn.Module:
+        """The winning round's trained sparse model, like :meth:`load_ticket` (from
+        ``trained.sparse.safetensors``)."""
+        return self._load_module(job_id, tickets.TRAINED_FILE, dest, into)
+
+    def masks(self, job_id: str, dest: Path | None = None) -> dict[str, npt.NDArray[Any]]:
+        """The winning ticket's bool masks by state-dict name (``"fc1.weight"``), True where a
+        weight survives, from the smaller of ``mask.safetensors`` and the compact ticket
+        (sha256 checked). Needs numpy, not torch."""
+        tickets.require_succeeded(self.get_job(job_id))
+        source = tickets.mask_source(job_id, self.list_artifacts(job_id))
+        with tickets.folder(dest) as where:
+            target = target_in(where, source.name)
+            path = self.download_artifact(job_id, source.name, target, source.sha256)
+            return tickets.read_masks(path)
+
+    def _load_module(
+        self, job_id: str, name: str, dest: Path | None, into: nn.Module | None
+    ) -> nn.Module:
+        tickets.require_succeeded(self.get_job(job_id))
+        with tickets.folder(dest) as where:
+            manifest, sparse = self.download_all(job_id, where, names=[tickets.MANIFEST_FILE, name])
+            return tickets.build_module(manifest, sparse, into)
 
     # ---------------------------------------------------------------------- datasets, models
 

@@ -24,10 +24,10 @@ def test_revision_matches_orm_and_is_idempotent(db_url: str) -> None:
             tables = set(sa.inspect(connection).get_table_names())
             version = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
             head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-            assert version.scalar_one() == head == "0003"
+            assert version.scalar_one() == head == "0004"
     finally:
         engine.dispose()
-    assert {"tenants", "api_keys", "jobs", "events", "datasets", "workers"} <= tables
+    assert {"tenants", "api_keys", "jobs", "events", "datasets", "workers", "models"} <= tables
 
 
 def test_sqlite_pragmas(tmp_path: object) -> None:

@@ -30,12 +30,14 @@ from api_schemas.spec import JobSpec
 from api_schemas.steps import to_iterations
 from worker.engine import masks as masking
 from worker.engine import reuse
+from worker.engine.artifacts import save_compact
 from worker.engine.data import DataConfig, Dataset, load_dataset
 from worker.engine.data.uris import resolve_location
 from worker.engine.errors import DivergedError, SpecError
 from worker.engine.hooks import Progress, ProgressFn, StopFn, ThreadsFn, TrainingCache
 from worker.engine.lanes import run_lanes, split_even
 from worker.engine.models import build_model, count_parameters, load_weights
+from worker.engine.onnx_export import export_model
 from worker.engine.optim import Schedule, constant
 from worker.engine.paths import TICKET, RunPaths
 from worker.engine.pruning import (
@@ -737,6 +739,17 @@ class IMPRun:
             save_tensors(paths.final_mask, mask)
             save_tensors(paths.final_trained, load_tensors(paths.trained(best.round)))
             save_tensors(paths.dense, load_tensors(paths.trained(0)))
+            save_compact(paths, mask)
+        # The run's own trained sparse model for inference outside PyTorch; never fails the run.
+        export = export_model(
+            self.model,
+            load_tensors(self.paths.final_trained),
+            self.dataset.input_shape,
+            self.paths.onnx,
+            metadata={"arch": self.spec.model.arch},
+        )
+        plan = self._plan(best.round)
+        self._emit(best.round, TICKET, plan.end, plan, {}, "export", export.info())
         ticket, dense = best.stats[TICKET], results[0].stats[TICKET]
         summary = RunSummary(
             ticket_round=best.round,

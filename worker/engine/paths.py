@@ -2,6 +2,10 @@
 
 manifest.json  rounds.json  spec.json
 ticket.safetensors  mask.safetensors  trained.safetensors  dense.safetensors
+model.onnx                                   (trained.safetensors as ONNX, replicate 0)
+ticket.sparse.safetensors  trained.sparse.safetensors
+                                             (the same ticket and trained model, compact: only
+                                             the surviving weights, see api_schemas.sparse_tensors)
 state/init.safetensors  state/rewind.safetensors
 rounds/<k>/mask.safetensors  rounds/<k>/trained.safetensors  rounds/<k>/metrics.json
 rounds/<k>/<control>/trained.safetensors  rounds/<k>/<control>/metrics.json
@@ -77,6 +81,14 @@ class RunPaths:
         return self.root / "ticket.safetensors"
 
     @property
+    def ticket_sparse(self) -> Path:
+        return self.root / "ticket.sparse.safetensors"
+
+    @property
+    def trained_sparse(self) -> Path:
+        return self.root / "trained.sparse.safetensors"
+
+    @property
     def final_mask(self) -> Path:
         return self.root / "mask.safetensors"
 
@@ -87,3 +99,7 @@ class RunPaths:
     @property
     def dense(self) -> Path:
         return self.root / "dense.safetensors"
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / "model.onnx"

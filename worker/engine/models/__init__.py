@@ -1,17 +1,21 @@
 """The model registry: every architecture a job can name, built for its dataset's input shape.
 
 ``REGISTRY`` holds exactly the built-in names of ``api_schemas.spec.ARCHITECTURES``;
-``torchvision:<name>`` reaches any torchvision classification model. Every built model registers
+``torchvision:<name>`` reaches any torchvision classification model and ``model.uri`` a user's own
+ONNX graph (:mod:`worker.engine.models.onnx_model`). Every built model registers
 its classifier as its last Linear/Conv module, which the engine treats as the output layer.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from api_schemas.confine import PathRefusedError, location_path
 from api_schemas.model_size import MAX_PARAMETERS, parameter_count
-from api_schemas.spec import TORCHVISION_PREFIX, ModelSpec
+from api_schemas.spec import TORCHVISION_PREFIX, UPLOADED_ARCH, ModelSpec
 from worker.engine.errors import ModelError
 from worker.engine.models import cifar_resnet, cifar_vgg, conv, mlp
 from worker.engine.models.base import (
@@ -20,6 +24,7 @@ from worker.engine.models.base import (
     count_parameters,
     output_layer,
 )
+from worker.engine.models.onnx_model import load_onnx_model
 from worker.engine.models.torchvision_models import (
     build_torchvision,
     classification_models,
@@ -79,6 +84,11 @@ def build_model(
         count = meta_parameters(name, tuple(input_shape), num_classes)
         _check_size(spec.arch, count, max_parameters, input_shape, num_classes)
         model = build_torchvision(name, input_shape, num_classes)
+    elif spec.arch == UPLOADED_ARCH:
+        model = load_onnx_model(_model_file(spec))
+        _check_size(
+            "the uploaded model", count_parameters(model), max_parameters, input_shape, num_classes
+        )
     elif spec.arch in REGISTRY:
         shape, hidden, width = input_shape, spec.hidden_sizes, spec.width
         estimate = parameter_count(spec.arch, shape, num_classes, hidden_sizes=hidden, width=width)
@@ -92,6 +102,14 @@ def build_model(
     _dry_run(model, spec.arch, input_shape, num_classes)
     _check_output_layer(model, spec.arch, num_classes)
     return model
+
+
+def _model_file(spec: ModelSpec) -> Path:
+    """The ONNX file of ``spec.uri``: a path by now (the worker resolves ``model://<id>``)."""
+    try:
+        return Path(location_path(spec.uri or ""))
+    except PathRefusedError as error:
+        raise ModelError(f"model.uri: {error}") from error
 
 
 def _check_size(
