@@ -83,3 +83,50 @@ def _check_ticket_and_onnx_come_back(embedded: Deployment, job_id: str, dest: Pa
         expected = trained(inputs).numpy()
     assert np.abs(logits - expected).max() <= 1e-4
     assert (logits.argmax(1) == expected.argmax(1)).all()
+
+
+def test_torchvision_models_uploaded_as_onnx_are_pruned_and_come_back(
+    embedded: Deployment, tmp_path: Path
+) -> None:
+    """resnet18 and mobilenet_v3_small as a user would send them: exported to ONNX, uploaded,
+    pruned for two short rounds by the worker, and their tickets loaded back into torchvision's
+    own modules by the layers' names."""
+    import torchvision
+    from safetensors.torch import load_file
+
+    from client.sdk import Client
+
+    data = "synthetic://?classes=4&shape=3,32,32&train=64&test=16"
+    training = {"batch_size": 8, "steps": "3it", "eval_every": "3it", "lr": 0.01}
+    names = ("resnet18", "mobilenet_v3_small")
+    jobs: dict[str, str] = {}
+    with embedded.client() as client:
+        for name in names:
+            torch.manual_seed(0)
+            original = getattr(torchvision.models, name)(num_classes=4)
+            onnx_file = export_onnx(original, tmp_path / f"{name}.onnx", (3, 32, 32))
+            files = {"file": (f"{name}.onnx", onnx_file.read_bytes())}
+            uploaded = client.post("/v1/models", files=files)
+            assert uploaded.status_code == 201, uploaded.text
+            spec = {
+                "model": {"uri": uploaded.json()["uri"]},
+                "dataset": {"uri": data, "validation_size": 0},
+                "training": training,
+                "pruning": {"rounds": 2, "rates": {"conv": 0.2, "linear": 0.2}},
+            }
+            response = client.post("/v1/jobs", json=spec)
+            assert response.status_code == 202, response.text
+            jobs[name] = response.json()["id"]
+        for name, job_id in jobs.items():
+            job = wait_for(client, job_id, TERMINAL, timeout=600)
+            assert job["status"] == "succeeded", (name, job, embedded.log_tail())
+            densities = [r["density"] for r in client.get(f"/v1/jobs/{job_id}/rounds").json()]
+            assert densities[0] == 1.0 > densities[1] > densities[2], name
+    with Client(embedded.url) as lth:
+        for name, job_id in jobs.items():
+            dest = tmp_path / f"{name}-ticket"
+            module = getattr(torchvision.models, name)(num_classes=4)
+            ticket = lth.load_ticket(job_id, dest, into=module)
+            lth.download_all(job_id, dest, names=["ticket.safetensors"])
+            for key, value in load_file(dest / "ticket.safetensors").items():
+                assert torch.equal(ticket.state_dict()[key], value), (name, key)
