@@ -8,8 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from service.readiness import broker_check
+from store.tenants import hash_key
 
 
 def test_health_and_readiness(live: Any, service_factory: Any) -> None:
@@ -99,6 +101,49 @@ def test_auth_disabled(
         assert client.get(f"/v1/jobs/{job['id']}").status_code == 200
     with local.client("anything") as other:
         assert [j["id"] for j in other.get("/v1/jobs").json()["data"]] == [job["id"]]
+
+
+def test_api_keys_never_reach_the_logs(
+    live: Any, spec: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keys are stored hashed, and neither a valid nor a refused key is ever written to a log,
+    whatever the level."""
+    with caplog.at_level(logging.DEBUG):
+        key = live.new_key()
+        with live.client(key) as client:
+            job = client.post("/v1/jobs", json=spec).json()
+            assert client.get(f"/v1/jobs/{job['id']}").status_code == 200
+        wrong = key[:-4] + "beef"
+        with live.client(wrong) as client:
+            assert client.get("/v1/jobs").status_code == 401
+    assert caplog.records  # the service did log, at every level it has
+    assert key not in caplog.text and wrong not in caplog.text
+    with live.sessions() as session:
+        stored = session.execute(sa.text("SELECT key_hash FROM api_keys")).scalars().all()
+    assert key not in stored and hash_key(key) in stored
+
+
+def test_open_mode_serves_only_on_loopback(tmp_path: Any) -> None:
+    """``LTH_AUTH=disabled`` anywhere but on a loopback address would open every tenant's jobs
+    to the network: ``lth serve`` refuses to start."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    lth = str(Path(sys.executable).parent / "lth")
+    env = {**os.environ, "LTH_HOME": str(tmp_path), "LTH_AUTH": "disabled"}
+    done = subprocess.run(
+        [lth, "serve", "--host", "0.0.0.0", "--no-worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "may only bind to localhost, not 0.0.0.0" in done.stderr
+    assert not (tmp_path / "lth.db").exists()  # refused before anything was set up
 
 
 def test_unexpected_errors_are_opaque_problems(
