@@ -19,6 +19,7 @@ import click
 import httpx
 from rich.console import Console
 
+from api_schemas import run_layout
 from api_schemas.examples import minimal_spec
 from api_schemas.jobs import Job
 from client.commands.render import rounds_table
@@ -115,7 +116,7 @@ def demo(home: Path, steps: str, out: Path) -> None:
             result = job.result
             console.print(rounds_table(client.rounds(job.id), result.ticket_round))
             target = out.resolve() / job.id
-            for name in ("ticket.safetensors", "mask.safetensors", "rounds.json"):
+            for name in (run_layout.TICKET, run_layout.MASK, run_layout.ROUNDS):
                 client.download_artifact(job.id, name, target / name)
                 console.print(f"  downloaded {name} (sha256 checked)")
             console.print(

@@ -20,11 +20,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from api_schemas.results import RoundResult, RunSummary, VariantResult, VariantStats
+from api_schemas.run_layout import MANIFEST, ROUNDS, SPEC
 from api_schemas.spec import JobSpec
 
-ROUNDS = "rounds.json"
-MANIFEST = "manifest.json"
-SPEC = "spec.json"
 #: Controls in a fixed order, so colours and table columns never move between reports.
 CONTROL_ORDER = ("random_reinit", "random_prune")
 

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from api_schemas.run_layout import REPORT_STEM
 from reports.data import RunView, load_run
 from reports.page import render_page
 
@@ -32,7 +33,7 @@ def _title(view: RunView) -> str:
     return f"{name} — {dataset}" if dataset else str(name)
 
 
-def write_report(run_dir: Path, *, stem: str = "report") -> tuple[Path, Path]:
+def write_report(run_dir: Path, *, stem: str = REPORT_STEM) -> tuple[Path, Path]:
     """Write ``<stem>.html`` and ``<stem>.png`` into ``run_dir`` from its JSON files.
 
     Works mid-run from ``rounds.json`` alone; raises :class:`~reports.ReportError` when no

@@ -18,10 +18,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from api_schemas.run_layout import MANIFEST, ROUNDS, ArtifactEntry
+
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-ROUNDS = "rounds.json"
 _TEMP_SUFFIXES = (".tmp", ".part", ".partial")
 _MEDIA_TYPES = {
     ".safetensors": "application/octet-stream",
@@ -75,9 +77,10 @@ def _walk(job_dir: Path) -> dict[str, tuple[Path, os.stat_result]]:
     return files
 
 
-def _manifest(job_dir: Path) -> dict[str, dict[str, Any]]:
-    """The engine's manifest by artifact name; accepts ``{"artifacts": [...]}``, a bare list of
-    entries, or a ``{name: {size, sha256}}`` mapping. Unreadable → empty (hashes are computed)."""
+def _manifest(job_dir: Path) -> dict[str, ArtifactEntry]:
+    """The sizes and hashes the engine's manifest records, by artifact name (only its
+    ``artifacts``: a run still being written has none, and a file it does not list is hashed
+    here). Unreadable → empty."""
     path = job_dir / MANIFEST
     try:
         if stat.S_ISLNK(os.lstat(path).st_mode):
@@ -85,17 +88,14 @@ def _manifest(job_dir: Path) -> dict[str, dict[str, Any]]:
         data: Any = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if isinstance(data, dict) and isinstance(data.get("artifacts"), list):
-        data = data["artifacts"]
-    entries: dict[str, dict[str, Any]] = {}
-    if isinstance(data, list):
-        for entry in data:
-            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
-                entries[entry["name"]] = entry
-    elif isinstance(data, dict):
-        for name, entry in data.items():
-            if isinstance(entry, dict):
-                entries[name] = entry
+    raw = data.get("artifacts") if isinstance(data, dict) else None
+    entries: dict[str, ArtifactEntry] = {}
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            entry = ArtifactEntry.model_validate(item)
+        except ValidationError:
+            continue
+        entries[entry.name] = entry
     return entries
 
 
@@ -116,13 +116,14 @@ def media_type(name: str) -> str:
 
 
 def _describe(
-    name: str, path: Path, info: os.stat_result, manifest: dict[str, dict[str, Any]]
+    name: str, path: Path, info: os.stat_result, manifest: dict[str, ArtifactEntry]
 ) -> ArtifactFile:
-    entry = manifest.get(name, {})
-    sha = entry.get("sha256")
-    if not (isinstance(sha, str) and len(sha) == 64 and entry.get("size") == info.st_size):
+    entry = manifest.get(name)
+    if entry is not None and entry.size == info.st_size:
+        sha = entry.sha256
+    else:
         sha = _sha256(str(path), info.st_size, info.st_mtime_ns)
-    return ArtifactFile(name, path, info.st_size, sha.lower(), media_type(name))
+    return ArtifactFile(name, path, info.st_size, sha, media_type(name))
 
 
 def list_artifacts(job_dir: Path) -> list[ArtifactFile]:

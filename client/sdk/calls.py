@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from api_schemas import run_layout
 from api_schemas.jobs import (
     ArtifactList,
     Dataset,
@@ -271,7 +272,7 @@ def list_models() -> Call[ModelList]:
 
 # ------------------------------------------------------------------------------------- reports
 
-REPORT_FILES = {"report.html": "/report", "report.png": "/report.png"}
+REPORT_FILES = {run_layout.REPORT_HTML: "/report", run_layout.REPORT_PNG: "/report.png"}
 
 
 def _bytes(response: httpx.Response) -> bytes:

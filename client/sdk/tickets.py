@@ -9,7 +9,6 @@ the input shape and class count the run recorded in its ``manifest.json``.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from api_schemas import run_layout
 from api_schemas.jobs import Artifact, Job
 from api_schemas.spec import ModelSpec
 from client.sdk.errors import JobNotSucceeded, MaskMismatch, UnexpectedResponse
@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     Masks = dict[str, npt.NDArray[Any]]
 
 #: The compact artifacts (``api_schemas.sparse_tensors``) and the run's record of its model.
-TICKET_FILE = "ticket.sparse.safetensors"
-TRAINED_FILE = "trained.sparse.safetensors"
-MASK_FILE = "mask.safetensors"
-MANIFEST_FILE = "manifest.json"
+TICKET_FILE = run_layout.TICKET_SPARSE
+TRAINED_FILE = run_layout.TRAINED_SPARSE
+MASK_FILE = run_layout.MASK
+MANIFEST_FILE = run_layout.MANIFEST
 
 
 def require_succeeded(job: Job) -> None:
@@ -93,11 +93,11 @@ def read_masks(path: Path) -> Masks:
 def _model_of(manifest_path: Path) -> tuple[ModelSpec, tuple[int, ...], int]:
     """The job's model spec, input shape and class count, from its manifest."""
     try:
-        manifest = json.loads(manifest_path.read_text())
-        spec = ModelSpec.model_validate(manifest["spec"]["model"])
-        shape = tuple(int(d) for d in manifest["model"]["input_shape"])
-        classes = int(manifest["model"]["num_classes"])
-    except (ValueError, TypeError, KeyError, ValidationError) as exc:
+        manifest = run_layout.Manifest.read(manifest_path)
+        spec = ModelSpec.model_validate(manifest.spec.get("model"))
+        shape = tuple(manifest.model.input_shape)
+        classes = manifest.model.num_classes
+    except (OSError, ValidationError) as exc:
         raise UnexpectedResponse(
             f"{MANIFEST_FILE} does not say which model the job built: {exc!r}"
         ) from exc

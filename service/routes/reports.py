@@ -17,15 +17,15 @@ from pathlib import Path
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from api_schemas.run_layout import MANIFEST, REPORT_STEM, ROUNDS
 from reports import ReportError, write_report
-from service.artifact_files import MANIFEST, ROUNDS
 from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import problems
 from service.problems import ProblemError
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
-FINAL_STEM = "report"
+FINAL_STEM = REPORT_STEM
 DRAFT_STEM = ".report-draft"
 #: The page needs nothing but its own inline CSS and data: images.
 REPORT_CSP = (

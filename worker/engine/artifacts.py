@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from api_schemas import run_layout
 from api_schemas.results import RoundResult, RunSummary
+from api_schemas.run_layout import MANIFEST, Manifest
 from api_schemas.sparse_tensors import load_sparse, save_sparse
 from api_schemas.spec import JobSpec
 from worker.engine.errors import EngineError
@@ -20,8 +22,15 @@ from worker.engine.models import build_model
 from worker.engine.paths import RunPaths
 from worker.engine.tensorio import atomic_path, load_tensors, read_json, sha256_file
 
-#: What ``load_ticket`` can load: the stem of the file under the run directory.
-LOADABLE = ("ticket", "trained", "dense", "ticket.sparse", "trained.sparse")
+#: What ``load_ticket`` can load, and the file each one is.
+_FILES = {
+    "ticket": run_layout.TICKET,
+    "trained": run_layout.TRAINED,
+    "dense": run_layout.DENSE,
+    "ticket.sparse": run_layout.TICKET_SPARSE,
+    "trained.sparse": run_layout.TRAINED_SPARSE,
+}
+LOADABLE = tuple(_FILES)
 
 
 @dataclass(frozen=True)
@@ -40,26 +49,24 @@ def load_rounds(out_dir: Path) -> list[RoundResult]:
     return [RoundResult.model_validate(r) for r in read_json(path)]
 
 
-def load_manifest(out_dir: Path) -> dict[str, Any]:
+def load_manifest(out_dir: Path) -> Manifest:
     path = RunPaths(out_dir).manifest
     if not path.exists():
-        raise EngineError(f"{out_dir} has no manifest.json: the run has not finished")
-    manifest: dict[str, Any] = read_json(path)
-    return manifest
+        raise EngineError(f"{out_dir} has no {MANIFEST}: the run has not finished")
+    return Manifest.read(path)
 
 
 def verify(out_dir: Path) -> list[str]:
     """Names of artifacts whose size or sha256 differs from the manifest (empty when intact)."""
-    manifest = load_manifest(out_dir)
     bad = []
-    for entry in manifest["artifacts"]:
-        path = out_dir / entry["name"]
+    for entry in load_manifest(out_dir).artifacts:
+        path = out_dir / entry.name
         if (
             not path.exists()
-            or path.stat().st_size != entry["size"]
-            or sha256_file(path) != entry["sha256"]
+            or path.stat().st_size != entry.size
+            or sha256_file(path) != entry.sha256
         ):
-            bad.append(entry["name"])
+            bad.append(entry.name)
     return bad
 
 
@@ -72,16 +79,16 @@ def load_ticket(out_dir: Path, which: str = "ticket") -> Ticket:
         raise ValueError(f"which must be one of {', '.join(map(repr, LOADABLE))}")
     out_dir = Path(out_dir)
     manifest = load_manifest(out_dir)
-    spec = JobSpec.model_validate(manifest["spec"])
-    shape = tuple(manifest["model"]["input_shape"])
-    model = build_model(spec.model, shape, manifest["model"]["num_classes"])
-    path = out_dir / f"{which}.safetensors"
+    spec = JobSpec.model_validate(manifest.spec)
+    shape = tuple(manifest.model.input_shape)
+    model = build_model(spec.model, shape, manifest.model.num_classes)
+    path = out_dir / _FILES[which]
     if which.endswith(".sparse"):
         state, mask = load_sparse_state(path)
     else:
         state, mask = load_tensors(path), load_tensors(RunPaths(out_dir).final_mask)
     model.load_state_dict(state)
-    return Ticket(model=model, mask=mask, summary=RunSummary.model_validate(manifest["summary"]))
+    return Ticket(model=model, mask=mask, summary=manifest.summary)
 
 
 def save_sparse_state(path: Path, state: Mapping[str, Tensor], mask: Mapping[str, Tensor]) -> None:

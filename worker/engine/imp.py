@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from api_schemas.model_size import MAX_PARAMETERS
 from api_schemas.results import ReplicateRound, RoundResult, RunSummary, VariantResult
+from api_schemas.run_layout import MANIFEST, ArtifactEntry, Manifest, ManifestModel, is_report
 from api_schemas.spec import JobSpec
 from api_schemas.steps import to_iterations
 from worker.engine import masks as masking
@@ -770,39 +771,34 @@ class IMPRun:
 
         artifacts = []
         for path in sorted(self.paths.root.rglob("*")):
+            name = path.relative_to(self.paths.root).as_posix()
             # Reports are drawn after the run by whoever wraps the engine; they are not its own.
-            own = path.name != "manifest.json" and not path.name.startswith(("report.", "."))
+            own = name != MANIFEST and not is_report(name) and not path.name.startswith(".")
             if path.is_file() and own:
                 artifacts.append(
-                    {
-                        "name": path.relative_to(self.paths.root).as_posix(),
-                        "size": path.stat().st_size,
-                        "sha256": sha256_file(path),
-                    }
+                    ArtifactEntry(name=name, size=path.stat().st_size, sha256=sha256_file(path))
                 )
-        write_json(
-            self.paths.manifest,
-            {
-                "spec": self.spec.model_dump(mode="json"),
-                "spec_hash": self.spec.spec_hash(),
-                "engine_version": ENGINE_VERSION,
-                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "versions": {
-                    "python": platform.python_version(),
-                    "torch": torch.__version__,
-                    "torchvision": torchvision.__version__,
-                },
-                "device": str(self.device),
-                "model": {
-                    "input_shape": list(self.dataset.input_shape),
-                    "num_classes": self.dataset.num_classes,
-                    "prunable": [layer.key for layer in self.layers],
-                },
-                "dataset_fingerprint": self.dataset.fingerprint,
-                "summary": summary.model_dump(mode="json"),
-                "artifacts": artifacts,
+        manifest = Manifest(
+            spec=self.spec.model_dump(mode="json"),
+            spec_hash=self.spec.spec_hash(),
+            engine_version=ENGINE_VERSION,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            versions={
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
             },
+            device=str(self.device),
+            model=ManifestModel(
+                input_shape=list(self.dataset.input_shape),
+                num_classes=self.dataset.num_classes,
+                prunable=[layer.key for layer in self.layers],
+            ),
+            dataset_fingerprint=self.dataset.fingerprint,
+            summary=summary,
+            artifacts=artifacts,
         )
+        write_json(self.paths.manifest, manifest.model_dump(mode="json"))
 
 
 def result_metrics(result: VariantResult) -> dict[str, float]:

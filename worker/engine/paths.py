@@ -1,19 +1,7 @@
-"""Where a run keeps each artifact: one-line helpers, so every module agrees on the layout.
+"""Where a run keeps each file on disk: :mod:`api_schemas.run_layout`'s names under a folder.
 
-manifest.json  rounds.json  spec.json
-ticket.safetensors  mask.safetensors  trained.safetensors  dense.safetensors
-model.onnx                                   (trained.safetensors as ONNX, replicate 0)
-ticket.sparse.safetensors  trained.sparse.safetensors
-                                             (the same ticket and trained model, compact: only
-                                             the surviving weights, see api_schemas.sparse_tensors)
-state/init.safetensors  state/rewind.safetensors
-rounds/<k>/mask.safetensors  rounds/<k>/trained.safetensors  rounds/<k>/metrics.json
-rounds/<k>/<control>/trained.safetensors  rounds/<k>/<control>/metrics.json
-rounds/<k>/random_prune/mask.safetensors
-rounds/<k>/stack-<digest>.safetensors      (the checkpoint of networks trained stacked)
-rounds/<k>/plan.json                         (which networks train in which stack, on how many
-                                             lanes)
-replicates/<r>/...                           (replicate r >= 1: the same layout, rounds.json aside)
+The layout module owns every name; this only joins them onto the run's folder (a replicate's
+folder for replicate r >= 1), so the engine keeps working with paths.
 """
 
 from __future__ import annotations
@@ -21,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-TICKET = "ticket"
+from api_schemas.run_layout import TICKET_VARIANT, RunLayout
+
+TICKET = TICKET_VARIANT
+_NAMES = RunLayout()
 
 
 @dataclass(frozen=True)
@@ -30,76 +21,76 @@ class RunPaths:
 
     def replicate(self, r: int) -> RunPaths:
         """Replicate r's files: replicate 0 is the run itself."""
-        return self if r == 0 else RunPaths(self.root / "replicates" / str(r))
+        return self if r == 0 else RunPaths(self.root / _NAMES.replicate(r).prefix)
 
     def stack_checkpoint(self, k: int, digest: str) -> Path:
-        return self.round_dir(k) / f"stack-{digest}.safetensors"
+        return self.root / _NAMES.stack_checkpoint(k, digest)
 
     def round_plan(self, k: int) -> Path:
-        return self.round_dir(k) / "plan.json"
+        return self.root / _NAMES.round_plan(k)
 
     def round_dir(self, k: int) -> Path:
-        return self.root / "rounds" / str(k)
+        return self.root / _NAMES.round_dir(k)
 
     def variant_dir(self, k: int, variant: str) -> Path:
-        return self.round_dir(k) if variant == TICKET else self.round_dir(k) / variant
+        return self.root / _NAMES.variant_dir(k, variant)
 
     def mask(self, k: int, variant: str = TICKET) -> Path:
-        return self.variant_dir(k, variant) / "mask.safetensors"
+        return self.root / _NAMES.mask(k, variant)
 
     def trained(self, k: int, variant: str = TICKET) -> Path:
-        return self.variant_dir(k, variant) / "trained.safetensors"
+        return self.root / _NAMES.trained(k, variant)
 
     def metrics(self, k: int, variant: str = TICKET) -> Path:
-        return self.variant_dir(k, variant) / "metrics.json"
+        return self.root / _NAMES.metrics(k, variant)
 
     def checkpoint(self, k: int, variant: str = TICKET) -> Path:
-        return self.variant_dir(k, variant) / "checkpoint.safetensors"
+        return self.root / _NAMES.checkpoint(k, variant)
 
     @property
     def init(self) -> Path:
-        return self.root / "state" / "init.safetensors"
+        return self.root / _NAMES.init
 
     @property
     def rewind(self) -> Path:
-        return self.root / "state" / "rewind.safetensors"
+        return self.root / _NAMES.rewind
 
     @property
     def spec(self) -> Path:
-        return self.root / "spec.json"
+        return self.root / _NAMES.spec
 
     @property
     def rounds(self) -> Path:
-        return self.root / "rounds.json"
+        return self.root / _NAMES.rounds
 
     @property
     def manifest(self) -> Path:
-        return self.root / "manifest.json"
+        return self.root / _NAMES.manifest
 
     @property
     def ticket(self) -> Path:
-        return self.root / "ticket.safetensors"
+        return self.root / _NAMES.ticket
 
     @property
     def ticket_sparse(self) -> Path:
-        return self.root / "ticket.sparse.safetensors"
+        return self.root / _NAMES.ticket_sparse
 
     @property
     def trained_sparse(self) -> Path:
-        return self.root / "trained.sparse.safetensors"
+        return self.root / _NAMES.trained_sparse
 
     @property
     def final_mask(self) -> Path:
-        return self.root / "mask.safetensors"
+        return self.root / _NAMES.final_mask
 
     @property
     def final_trained(self) -> Path:
-        return self.root / "trained.safetensors"
+        return self.root / _NAMES.final_trained
 
     @property
     def dense(self) -> Path:
-        return self.root / "dense.safetensors"
+        return self.root / _NAMES.dense
 
     @property
     def onnx(self) -> Path:
-        return self.root / "model.onnx"
+        return self.root / _NAMES.onnx
