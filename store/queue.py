@@ -52,8 +52,10 @@ def broker_options(broker_url: str | None, home: Path, job_time_limit_s: int) ->
             "control_folder": str(folder / "control"),
             "store_processed": False,
         }
-    else:
+    elif not broker_url.startswith(("amqp", "pyamqp")):
         # Redis redelivers an unacknowledged task after this long: keep it above any job.
+        # (RabbitMQ holds it for as long as the connection lives; its server-side
+        # consumer_timeout must exceed a job instead: see the README.)
         options["broker_transport_options"] = {"visibility_timeout": 2 * job_time_limit_s}
     return options
 

@@ -18,6 +18,7 @@ import pytest
 
 REQUIRE_SERVICES = os.environ.get("LTH_REQUIRE_SERVICES", "") not in ("", "0", "false")
 REDIS_URL = os.environ.get("LTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("LTH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 POSTGRES_URL = os.environ.get(
     "LTH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -58,6 +59,13 @@ def redis_url() -> str:
     """A Redis database for tests (db 15 by default); flushed by the tests that use it."""
     require(_reachable(REDIS_URL, 6379), f"Redis is not reachable at {REDIS_URL}")
     return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """RabbitMQ, Celery's canonical broker (guest/guest on the default vhost)."""
+    require(_reachable(RABBITMQ_URL, 5672), f"RabbitMQ is not reachable at {RABBITMQ_URL}")
+    return RABBITMQ_URL
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,17 @@ def production(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[De
 
     broker = redis_url.rsplit("/", 1)[0] + "/14"
     redis.Redis.from_url(broker).flushdb()
+    yield from _deployment(tmp_path, postgres_url, broker)
+
+
+@pytest.fixture
+def production_amqp(tmp_path: Path, postgres_url: str, rabbitmq_url: str) -> Iterator[Deployment]:
+    """The production shape on RabbitMQ instead of Redis. A message some earlier run left in
+    the shared queue names a job this deployment's database does not have: its worker drops it."""
+    yield from _deployment(tmp_path, postgres_url, rabbitmq_url)
+
+
+def _deployment(tmp_path: Path, postgres_url: str, broker: str) -> Iterator[Deployment]:
     port = free_port()
     env = base_env(tmp_path, port) | {
         "LTH_DATABASE_URL": postgres_url,
