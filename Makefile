@@ -43,7 +43,7 @@ demo: install
 # fails if any benchmark did.
 bench: install
 	@status=0; \
-	for name in throughput lenet_fashion_mnist search_cost overheads concurrency deploy_sizes onnx_check; do \
+	for name in throughput lenet_fashion_mnist search_cost overheads concurrency deploy_sizes onnx_check load; do \
 		echo "== bench.$$name"; \
 		$(PY) -m bench.$$name || { echo "bench.$$name failed"; status=1; }; \
 	done; \

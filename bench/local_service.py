@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -52,8 +53,12 @@ def service_env(home: Path, port: int) -> dict[str, str]:
 class LocalService:
     """``with LocalService() as service:`` starts ``lth serve`` and waits until it is ready."""
 
-    def __init__(self, ready_timeout_s: float = 180.0) -> None:
+    def __init__(
+        self, ready_timeout_s: float = 180.0, env: Mapping[str, str] | None = None
+    ) -> None:
+        """``env`` overrides the embedded defaults (a PostgreSQL database, a Redis broker)."""
         self.ready_timeout_s = ready_timeout_s
+        self.extra_env = dict(env or {})
         self._tmp = tempfile.TemporaryDirectory(prefix="lth-bench-")
         self.home = Path(self._tmp.name)
         self.port = _free_port()
@@ -69,7 +74,7 @@ class LocalService:
         log = (self.home / "service.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "client", "serve"],
-            env=service_env(self.home, self.port),
+            env=service_env(self.home, self.port) | self.extra_env,
             stdout=log,
             stderr=log,
         )

@@ -28,6 +28,7 @@ EXPECTED = {
     "concurrency": "python -m bench.concurrency",
     "deploy_sizes": "python -m bench.deploy_sizes",
     "onnx_check": "python -m bench.onnx_check",
+    "load": "python -m bench.load",
     "gpu": "bash bench/gpu.sh",
 }
 #: bench.throughput's targets (its JSON records only whether each was met).

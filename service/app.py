@@ -76,7 +76,7 @@ def create_app(
     added to (or replace, by name) the default ``database`` and ``broker`` checks of /readyz.
     """
     settings = settings or Settings()
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     sessions = make_sessionmaker(engine)
 
     def count_by_status() -> dict[str, int]:

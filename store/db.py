@@ -36,11 +36,15 @@ def normalise_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine; for SQLite a file database in WAL mode with foreign keys and a busy timeout."""
+def make_engine(url: str | URL, *, pool_size: int | None = None, **kwargs: Any) -> Engine:
+    """An engine; for SQLite a file database in WAL mode with foreign keys and a busy timeout.
+    ``pool_size`` (PostgreSQL) is how many connections stay open: beyond it, each request
+    that needs one would open and close a connection of its own."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
         kwargs.setdefault("pool_pre_ping", True)
+        if pool_size is not None:
+            kwargs.setdefault("pool_size", pool_size)
         return sa.create_engine(parsed, **kwargs)
 
     database = parsed.database

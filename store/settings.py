@@ -35,6 +35,15 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of the job store: `sqlite:///<file>` (default "
         "`<home>/lth.db`) or `postgresql+psycopg://user@host/db` for production.",
     )
+    database_pool_size: int = Field(
+        default=40,
+        ge=1,
+        le=1000,
+        description="Connections the API keeps open to a PostgreSQL job store: as many as "
+        "requests it serves at once (its thread pool has 40), so that none waits for a "
+        "connection to be opened. Each API process counts against PostgreSQL's "
+        "`max_connections` (100 by default).",
+    )
     broker_url: str | None = Field(
         default=None,
         description="Celery broker URL (`redis://host:6379/0`); unset means the embedded broker "
@@ -167,6 +176,15 @@ class Settings(BaseSettings):
         description="Jobs one worker runs at once (one process each). 0: one per usable CPU core "
         "for a CPU worker, 1 for a worker pinned to a GPU with `--gpu N`; `lth worker "
         "--concurrency N` overrides it.",
+    )
+    job_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Scheduling niceness of the processes that train jobs: on a machine that "
+        "also serves the API, requests are answered first and training takes the rest of the "
+        "CPU (on a machine of its own a job still gets every idle cycle). 0 trains at the "
+        "API's priority.",
     )
     worker_name: str | None = Field(
         default=None, description="Name a worker reports (default: celery's host name)."
