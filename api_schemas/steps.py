@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-_STEP_RE = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
+_STEP_RE = re.compile(r"\s*([0-9]+)\s*(it|ep)\s*", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class StepCount:
 
     @classmethod
     def parse(cls, text: str) -> StepCount:
-        match = _STEP_RE.match(text)
+        match = _STEP_RE.fullmatch(text)
         if match is None:
             raise ValueError(
                 f"{text!r} is not a step count: write a whole number of iterations or epochs, "
