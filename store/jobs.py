@@ -354,7 +354,8 @@ def resume_claim(
             .values(
                 status="failed",
                 error_code="too_many_attempts",
-                error_message=f"the job's worker was lost {max_attempts} times; giving up",
+                error_message=f"the job's worker was lost {max_attempts} "
+                f"time{'' if max_attempts == 1 else 's'} (the attempts allowed); giving up",
                 finished_at=now,
                 updated_at=now,
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -27,15 +27,21 @@ def production_amqp(tmp_path: Path, postgres_url: str, rabbitmq_url: str) -> Ite
     yield from _deployment(tmp_path, postgres_url, rabbitmq_url)
 
 
-def _deployment(tmp_path: Path, postgres_url: str, broker: str) -> Iterator[Deployment]:
+def _deployment(
+    tmp_path: Path, postgres_url: str, broker: str, extra_env: Mapping[str, str] | None = None
+) -> Iterator[Deployment]:
     port = free_port()
-    env = base_env(tmp_path, port) | {
-        "LTH_DATABASE_URL": postgres_url,
-        "LTH_BROKER_URL": broker,
-        "LTH_AUTH": "enabled",
-        "LTH_WEBHOOK_ALLOWLIST": "127.0.0.1",
-        "LTH_WEBHOOK_SECRET": WEBHOOK_SECRET,
-    }
+    env = (
+        base_env(tmp_path, port)
+        | {
+            "LTH_DATABASE_URL": postgres_url,
+            "LTH_BROKER_URL": broker,
+            "LTH_AUTH": "enabled",
+            "LTH_WEBHOOK_ALLOWLIST": "127.0.0.1",
+            "LTH_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+        | dict(extra_env or {})
+    )
     deployment = Deployment(url=f"http://127.0.0.1:{port}", env=env, home=tmp_path)
     deployment.start("api", LTH, "serve", "--no-worker")
     deployment.start_worker()
