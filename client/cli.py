@@ -12,6 +12,7 @@ import click
 COMMANDS: dict[str, str] = {
     "run": "worker.engine.cli:run",
     "worker": "worker.cli:worker",
+    "worker-health": "worker.cli:health",
     "serve": "service.cli:serve",
     "keys": "service.cli:keys",
     "demo": "client.demo:demo",

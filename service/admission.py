@@ -46,11 +46,11 @@ def path_error(
     """Why a job may not read ``location`` (a path or a URI of ``schemes``), or None.
 
     The worker confines the same string with the same function (:mod:`api_schemas.confine`),
-    so what passes here is the file it opens. Tenants' upload folders are excluded: an upload is
-    reached only through ``dataset://<id>``, which checks ownership.
+    so what passes here is the file it opens. The service's own folders are excluded: an upload
+    is reached only through ``dataset://<id>`` or ``model://<id>``, which check ownership.
     """
     try:
-        confine(location, settings.data_roots, [settings.upload_root], schemes=schemes)
+        confine(location, settings.data_roots, settings.private_roots, schemes=schemes)
     except PathRefusedError as error:
         return str(error)
     return None

@@ -23,6 +23,7 @@ from service.routes import artifacts, datasets, events, health, jobs, models
 from service.routes import reports as report_routes
 from service.settings import Settings
 from service.state import Enqueue, ReadinessCheck, ServiceState, state_of
+from store.artifact_store import LocalArtifactStore, open_artifact_store
 from store.db import make_engine, make_sessionmaker, migrate
 from store.events import round_durations as store_round_durations
 from store.jobs import count_jobs_by_status
@@ -50,7 +51,10 @@ TAGS = [
 
 def _startup(state: ServiceState) -> None:
     settings = state.settings
-    for folder in (settings.home, settings.artifact_root, settings.upload_root):
+    folders = [settings.home, settings.upload_root]
+    if isinstance(state.artifacts, LocalArtifactStore):  # a bucket needs no folder
+        folders.append(state.artifacts.root)
+    for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
     if settings.migrate_on_start:
         migrate(settings.database_url)
@@ -72,7 +76,7 @@ def create_app(
 ) -> FastAPI:
     """Build the API.
 
-    ``enqueue(job_id)`` is called after each new job is committed. ``readiness_checks`` are
+    ``enqueue(job_id, device)`` is called after each new job is committed. ``readiness_checks`` are
     added to (or replace, by name) the default ``database`` and ``broker`` checks of /readyz.
     """
     settings = settings or Settings()
@@ -91,6 +95,7 @@ def create_app(
         settings=settings,
         engine=engine,
         sessions=sessions,
+        artifacts=open_artifact_store(settings),
         enqueue=enqueue,
         metrics=Metrics(count_by_status, round_durations),
         readiness_checks={

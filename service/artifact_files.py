@@ -1,30 +1,34 @@
-"""A job's artifact folder, read safely.
+"""A job's artifacts, read from the artifact store.
 
-Names are never joined onto a path and opened: the folder is walked (regular files only, no
-symlinks, no hidden or temporary files) and a name is served only if the walk produced it, so
-``..``, absolute paths and symlinks out of the folder are impossible by construction.
+A name is served only if it is a valid object key (:func:`store.artifact_store.check_key`: no
+``..``, no absolute path, no backslash or NUL), not hidden or temporary, and the store says a
+regular object lies under ``<job_id>/<name>``; the store itself refuses symlinks. So traversal
+out of the job's prefix is impossible by construction, on the local filesystem and on S3 alike.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import mimetypes
-import os
-import stat
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
+from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
 
 from api_schemas.run_layout import MANIFEST, ROUNDS, ArtifactEntry
+from store.artifact_store import (
+    ArtifactStore,
+    InvalidKeyError,
+    StoredObject,
+    check_key,
+    is_hidden,
+)
 
 log = logging.getLogger(__name__)
 
-_TEMP_SUFFIXES = (".tmp", ".part", ".partial")
 _MEDIA_TYPES = {
     ".safetensors": "application/octet-stream",
     ".json": "application/json",
@@ -39,53 +43,40 @@ _MEDIA_TYPES = {
 
 @dataclass(frozen=True)
 class ArtifactFile:
-    """One servable file of a job."""
+    """One servable object of a job: its artifact name and its store key."""
 
     name: str
-    path: Path
+    key: str
     size: int
     sha256: str
     media_type: str
+    modified: datetime
+    version: str
 
 
-def _hidden_or_temporary(name: str) -> bool:
-    parts = name.split("/")
-    return any(p.startswith(".") for p in parts) or name.endswith(_TEMP_SUFFIXES)
+def job_prefix(job_id: str) -> str:
+    """The store prefix of a job's run: ``<job_id>/``."""
+    return f"{job_id}/"
 
 
-def _walk(job_dir: Path) -> dict[str, tuple[Path, os.stat_result]]:
-    """Regular files under ``job_dir`` by relative POSIX name; symlinks are skipped."""
-    files: dict[str, tuple[Path, os.stat_result]] = {}
-    try:
-        if stat.S_ISLNK(os.lstat(job_dir).st_mode):
-            return files
-    except FileNotFoundError:
-        return files
-    for dirpath, dirnames, filenames in os.walk(job_dir, followlinks=False):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for filename in filenames:
-            path = Path(dirpath) / filename
-            name = path.relative_to(job_dir).as_posix()
-            if _hidden_or_temporary(name):
-                continue
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:  # removed while walking
-                continue
-            if stat.S_ISREG(info.st_mode):
-                files[name] = (path, info)
-    return files
+def artifact_key(job_id: str, name: str) -> str:
+    """The store key of artifact ``name`` of the job."""
+    return f"{job_id}/{name}"
 
 
-def _manifest(job_dir: Path) -> dict[str, ArtifactEntry]:
+def media_type(name: str) -> str:
+    """Content type for an artifact name."""
+    suffix = PurePosixPath(name).suffix.lower()
+    return _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _manifest(store: ArtifactStore, job_id: str) -> dict[str, ArtifactEntry]:
     """The sizes and hashes the engine's manifest records, by artifact name (only its
-    ``artifacts``: a run still being written has none, and a file it does not list is hashed
-    here). Unreadable → empty."""
-    path = job_dir / MANIFEST
+    ``artifacts``: a run still being written has none, and an object it does not list is hashed
+    by the store). Unreadable → empty."""
     try:
-        if stat.S_ISLNK(os.lstat(path).st_mode):
-            return {}
-        data: Any = json.loads(path.read_text())
+        raw_bytes = store.read_bytes(artifact_key(job_id, MANIFEST))
+        data: Any = json.loads(raw_bytes) if raw_bytes is not None else None
     except (OSError, ValueError):
         return {}
     raw = data.get("artifacts") if isinstance(data, dict) else None
@@ -99,51 +90,57 @@ def _manifest(job_dir: Path) -> dict[str, ArtifactEntry]:
     return entries
 
 
-@lru_cache(maxsize=4096)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, cached by (path, size, mtime) so a big ticket is hashed once."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def media_type(name: str) -> str:
-    """Content type for an artifact name."""
-    suffix = Path(name).suffix.lower()
-    return _MEDIA_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-
-
 def _describe(
-    name: str, path: Path, info: os.stat_result, manifest: dict[str, ArtifactEntry]
+    store: ArtifactStore, name: str, item: StoredObject, manifest: dict[str, ArtifactEntry]
 ) -> ArtifactFile:
     entry = manifest.get(name)
-    if entry is not None and entry.size == info.st_size:
-        sha = entry.sha256
-    else:
-        sha = _sha256(str(path), info.st_size, info.st_mtime_ns)
-    return ArtifactFile(name, path, info.st_size, sha, media_type(name))
+    sha = entry.sha256 if entry is not None and entry.size == item.size else store.sha256(item)
+    return ArtifactFile(
+        name=name,
+        key=item.key,
+        size=item.size,
+        sha256=sha,
+        media_type=media_type(name),
+        modified=item.modified,
+        version=item.version,
+    )
 
 
-def list_artifacts(job_dir: Path) -> list[ArtifactFile]:
-    """Every servable file of the job, sorted by name."""
-    manifest = _manifest(job_dir)
-    files = _walk(job_dir)
-    return [_describe(name, *files[name], manifest) for name in sorted(files)]
-
-
-def find_artifact(job_dir: Path, name: str) -> ArtifactFile | None:
-    """The artifact called ``name``, only if the folder walk lists it."""
-    found = _walk(job_dir).get(name)
-    if found is None:
-        return None
-    return _describe(name, *found, _manifest(job_dir))
-
-
-def read_rounds(job_dir: Path) -> Any:
-    """The parsed ``rounds.json`` (a list of RoundResult), or [] when absent."""
-    found = _walk(job_dir).get(ROUNDS)
-    if found is None:
+def list_artifacts(store: ArtifactStore, job_id: str) -> list[ArtifactFile]:
+    """Every servable object of the job, sorted by name."""
+    prefix = job_prefix(job_id)
+    items = {
+        name: item for item in store.list(prefix) if _valid(name := item.key.removeprefix(prefix))
+    }
+    if not items:
         return []
-    return json.loads(found[0].read_text())
+    manifest = _manifest(store, job_id)
+    return [_describe(store, name, items[name], manifest) for name in sorted(items)]
+
+
+def _valid(name: str) -> bool:
+    """A name a client may ask for (an S3 "folder" marker ``rounds/`` is none)."""
+    try:
+        check_key(name)
+    except InvalidKeyError:
+        return False
+    return not is_hidden(name)
+
+
+def stat_artifact(store: ArtifactStore, job_id: str, name: str) -> StoredObject | None:
+    """The object of artifact ``name`` (no hash), None for an invalid, hidden or missing one."""
+    return store.stat(artifact_key(job_id, name)) if _valid(name) else None
+
+
+def find_artifact(store: ArtifactStore, job_id: str, name: str) -> ArtifactFile | None:
+    """The artifact called ``name``, only if it is a regular, visible object of the job."""
+    item = stat_artifact(store, job_id, name)
+    if item is None:
+        return None
+    return _describe(store, name, item, _manifest(store, job_id))
+
+
+def read_rounds(store: ArtifactStore, job_id: str) -> Any:
+    """The parsed ``rounds.json`` (a list of RoundResult), or [] when absent."""
+    data = store.read_bytes(artifact_key(job_id, ROUNDS))
+    return [] if data is None else json.loads(data)

@@ -104,9 +104,12 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
 
     from service.app import create_app
     from service.readiness import worker_check
+    from service.report_cache import drop_cached
+    from service.state import state_of
     from store.db import make_engine, make_sessionmaker
     from store.queue import CeleryEnqueue, make_celery
     from store.reconcile import Reconciler
+    from store.retention import Retention
     from store.settings import Settings
 
     logging.basicConfig(
@@ -137,15 +140,24 @@ def serve(host: str | None, port: int | None, with_worker: bool) -> None:
         requeue_queued_after_s=settings.requeue_queued_after_s,
         every_s=settings.reconcile_every_s,
     )
-    supervisor = WorkerSupervisor(dict(os.environ)) if with_worker else None
+    retention = Retention(  # deletes jobs older than LTH_ARTIFACT_TTL_DAYS, if set
+        sessions,
+        state_of(app).artifacts,
+        ttl_days=settings.artifact_ttl_days,
+        on_purged=lambda job_id: drop_cached(settings, job_id),
+    )
+    worker_env = {**os.environ, "LTH_WORKER_QUEUES": "cpu,gpu,any"}  # one machine: every job
+    supervisor = WorkerSupervisor(worker_env) if with_worker else None
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     reconciler.start()
+    retention.start()
     if supervisor is not None:
         supervisor.start()
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         reconciler.stop()
+        retention.stop()
         if supervisor is not None:
             supervisor.stop()
 

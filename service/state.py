@@ -1,4 +1,5 @@
-"""What one app instance holds: settings, database, the enqueue hook and readiness checks."""
+"""What one app instance holds: settings, database, artifact store, the enqueue hook and readiness
+checks."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from starlette.types import ASGIApp
 
 from service.metrics import Metrics
 from service.settings import Settings
+from store.artifact_store import ArtifactStore
 from store.tables import Tenant
 
 #: Hands a committed job id to the workers (the worker package supplies the Celery one). It must
 #: be safe to call twice for one job: claims are compare-and-set, duplicates do nothing.
-Enqueue = Callable[[str], None]
+Enqueue = Callable[[str, str], None]
 #: A readiness probe: returns normally when healthy, raises with a short reason otherwise.
 ReadinessCheck = Callable[[], None]
 
@@ -28,6 +30,8 @@ class ServiceState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    #: The one artifact store the routes read runs from (local folder or S3), built at startup.
+    artifacts: ArtifactStore
     enqueue: Enqueue
     metrics: Metrics
     readiness_checks: dict[str, ReadinessCheck] = field(default_factory=dict)

@@ -8,9 +8,7 @@ hashed while written, into the destination folder so the final rename is atomic.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,7 +142,7 @@ class _Receiver:
 
     def _part_end(self) -> None:
         if self._handle is not None and self.form.file is not None:
-            self._handle.close()  # fsync happens in commit_file, off the event loop
+            self._handle.close()  # the store makes it durable, off the event loop
             self._handle = None
             self.form.file.sha256 = self._digest.hexdigest()
         elif self._text is not None:
@@ -198,16 +196,3 @@ async def receive_file(
         receiver.discard()  # the body ended inside the file part
         raise ProblemError(400, "The multipart body ended mid-file.", kind="bad-multipart")
     return receiver.form
-
-
-def commit_file(temp: Path, final: Path) -> None:
-    """Persist a completed upload and atomically move it into place (blocking: run in a thread)."""
-    with temp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    temp.rename(final)
-    with contextlib.suppress(OSError):
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

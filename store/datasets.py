@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,7 +37,7 @@ def add_dataset(
     tenant_id: str,
     name: str,
     format: DatasetFormat,
-    path: Path,
+    path: str,
     size: int,
     sha256: str,
     meta: Mapping[str, Any],
@@ -50,7 +49,7 @@ def add_dataset(
         tenant_id=tenant_id,
         name=name,
         format=format,
-        path=str(path),
+        path=path,
         size=size,
         sha256=sha256,
         meta=dict(meta),
@@ -69,13 +68,6 @@ def get_dataset(session: Session, tenant_id: str, dataset_id: str) -> DatasetRow
     return session.scalars(
         sa.select(DatasetRow).where(DatasetRow.id == dataset_id, DatasetRow.tenant_id == tenant_id)
     ).one_or_none()
-
-
-def resolve_dataset_uri(session: Session, tenant_id: str, uri: str) -> Path | None:
-    """For the worker: the file behind ``dataset://<id>`` for the job's tenant, else None."""
-    dataset_id = dataset_id_from_uri(uri)
-    row = get_dataset(session, tenant_id, dataset_id) if dataset_id else None
-    return Path(row.path) if row is not None else None
 
 
 def list_datasets(session: Session, tenant_id: str, *, limit: int = 1000) -> list[DatasetRow]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,7 +42,7 @@ def add_model(
     tenant_id: str,
     name: str,
     format: ModelFormat,
-    path: Path,
+    path: str,
     size: int,
     sha256: str,
     meta: Mapping[str, Any],
@@ -55,7 +54,7 @@ def add_model(
         tenant_id=tenant_id,
         name=name,
         format=format,
-        path=str(path),
+        path=path,
         size=size,
         sha256=sha256,
         meta=dict(meta),

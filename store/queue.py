@@ -8,17 +8,48 @@ is the source of truth for everything else.
 Without ``broker_url`` the broker is embedded: kombu's filesystem transport under
 ``<home>/broker``, no server needed. It does not redeliver a message whose worker died; the
 reconciler (``store.reconcile``) re-enqueues such jobs from the database instead.
+
+Jobs are routed by ``training.device`` (:func:`queue_for`): ``cuda`` to the GPU queue, ``cpu``
+to the CPU queue, ``auto`` to the queue every worker consumes, so a job waits for a worker able
+to run it. Messages still in the single ``lth.jobs`` queue of earlier versions are consumed by
+no one after an upgrade; the reconciler sends those jobs again, routed, once they have been
+queued for ``LTH_REQUEUE_QUEUED_AFTER_S`` and a live worker has a free slot (running ones once
+their heartbeat is stale).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 TASK_NAME = "lth.run_job"
-QUEUE = "lth.jobs"
+CPU_QUEUE = "lth.cpu"
+GPU_QUEUE = "lth.gpu"
+ANY_QUEUE = "lth.any"
+#: The names ``lth worker --queue`` and ``LTH_WORKER_QUEUES`` take, and the queues they mean.
+QUEUES: dict[str, str] = {"cpu": CPU_QUEUE, "gpu": GPU_QUEUE, "any": ANY_QUEUE}
+_DEVICE_QUEUES = {"cpu": CPU_QUEUE, "cuda": GPU_QUEUE, "auto": ANY_QUEUE}
+
+
+def queue_for(device: str) -> str:
+    """The queue of a job with this ``training.device``: only workers that can run it take it."""
+    try:
+        return _DEVICE_QUEUES[device]
+    except KeyError:
+        raise ValueError(f"unknown training.device {device!r}") from None
+
+
+def worker_queues(names: Sequence[str], *, gpu: bool) -> list[str]:
+    """The queues a worker consumes: ``names`` (keys of :data:`QUEUES`) if any, else its own
+    kind's queue and the shared one (``gpu,any`` for a GPU worker, ``cpu,any`` otherwise)."""
+    unknown = [name for name in names if name not in QUEUES]
+    if unknown:
+        raise ValueError(f"unknown queue {unknown[0]!r}: choose from {', '.join(QUEUES)}")
+    chosen = list(dict.fromkeys(names)) or ["gpu" if gpu else "cpu", "any"]
+    return [QUEUES[name] for name in chosen]
 
 
 def broker_options(broker_url: str | None, home: Path, job_time_limit_s: int) -> dict[str, Any]:
@@ -37,8 +68,9 @@ def broker_options(broker_url: str | None, home: Path, job_time_limit_s: int) ->
         "task_time_limit": job_time_limit_s + 300,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "broker_connection_retry_on_startup": True,
-        "task_default_queue": QUEUE,
-        "task_routes": {TASK_NAME: {"queue": QUEUE}},
+        # Producers always name the job's queue; a task sent without one is any worker's.
+        "task_default_queue": ANY_QUEUE,
+        "task_routes": {TASK_NAME: {"queue": ANY_QUEUE}},
         "worker_hijack_root_logger": False,
     }
     if broker_url is None:
@@ -67,10 +99,11 @@ def make_celery(broker_url: str | None, home: Path, job_time_limit_s: int) -> Ce
 
 
 class CeleryEnqueue:
-    """``enqueue(job_id)`` for the HTTP edge and the reconciler: sends the task by name."""
+    """``enqueue(job_id, device)`` for the HTTP edge, the reconciler and a worker handing a job
+    back: sends the task by name to the queue of the job's ``training.device``."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def __call__(self, job_id: str) -> None:
-        self.app.send_task(TASK_NAME, args=[job_id], queue=QUEUE)
+    def __call__(self, job_id: str, device: str) -> None:
+        self.app.send_task(TASK_NAME, args=[job_id], queue=queue_for(device))

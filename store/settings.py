@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
@@ -28,7 +28,8 @@ class Settings(BaseSettings):
 
     home: Path = Field(
         default=Path("~/.lth"),
-        description="State directory: default database, artifacts and uploaded datasets.",
+        description="State directory: the default database, broker and artifact store, and a "
+        "worker's scratch folders (`scratch/`) and upload cache (`cache/`).",
     )
     database_url: str = Field(
         default_factory=lambda data: f"sqlite:///{data['home'] / 'lth.db'}",
@@ -51,7 +52,53 @@ class Settings(BaseSettings):
     )
     artifact_root: Path = Field(
         default_factory=lambda data: data["home"] / "artifacts",
-        description="Where workers write `<job_id>/` artifact folders and the API reads them.",
+        description="The local artifact store (used while `LTH_ARTIFACT_URL` is unset): "
+        "`<job_id>/` run folders and `uploads/`.",
+    )
+    artifact_url: str | None = Field(
+        default=None,
+        description="Where runs and uploads are kept: `file:///<dir>` (unset: `file://` + "
+        "`LTH_ARTIFACT_ROOT`, for one host or a shared volume) or `s3://<bucket>/<prefix>` "
+        "(S3-compatible object storage, for workers on several hosts; see `LTH_S3_*`).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible server (MinIO: `http://minio:9000`); unset "
+        "means AWS S3.",
+    )
+    s3_public_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint that presigned download URLs name, when clients reach the object "
+        "store at another address than the service does (default `LTH_S3_ENDPOINT_URL`).",
+    )
+    s3_region: str = Field(default="us-east-1", description="Region of the S3 bucket.")
+    s3_access_key_id: str | None = Field(
+        default=None,
+        description="S3 access key; unset uses boto3's usual chain (`AWS_*` variables, "
+        "instance roles …).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key, with `LTH_S3_ACCESS_KEY_ID`."
+    )
+    artifact_redirect: Literal["stream", "presigned"] = Field(
+        default="stream",
+        description="How artifact downloads are served: `stream` through the API, or "
+        "`presigned`: 307 to a short-lived presigned URL of the object store (s3:// only).",
+    )
+    artifact_presign_seconds: int = Field(
+        default=300, ge=1, le=7 * 24 * 3600, description="Lifetime of a presigned download URL."
+    )
+    artifact_ttl_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="Finished jobs older than this many days are deleted with their artifacts "
+        "(unset: kept until `DELETE /v1/jobs/{id}`).",
+    )
+    artifact_sync_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often a worker publishes a running job's new files (checkpoints, "
+        "finished rounds) from its scratch folder to the store; also at every round's end.",
     )
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda data: [Path("/usr/share/datasets"), data["home"] / "datasets"],
@@ -177,6 +224,12 @@ class Settings(BaseSettings):
         "for a CPU worker, 1 for a worker pinned to a GPU with `--gpu N`; `lth worker "
         "--concurrency N` overrides it.",
     )
+    worker_queues: Annotated[list[Literal["cpu", "gpu", "any"]], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated queues a worker consumes: `cpu` (jobs with `training.device"
+        ": cpu`), `gpu` (`cuda`), `any` (`auto`). Empty: `gpu,any` with `--gpu N`, else "
+        "`cpu,any`; `lth worker --queue` overrides it.",
+    )
     job_nice: int = Field(
         default=10,
         ge=0,
@@ -208,6 +261,11 @@ class Settings(BaseSettings):
     def _split_hosts(cls, value: Any) -> Any:
         return _split(value, ",")
 
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _split_queues(cls, value: Any) -> Any:
+        return _split(value, ",")
+
     @field_validator("artifact_root", mode="after")
     @classmethod
     def _expand_artifacts(cls, path: Path) -> Path:
@@ -218,12 +276,56 @@ class Settings(BaseSettings):
     def _expand_roots(cls, paths: list[Path]) -> list[Path]:
         return [path.expanduser() for path in paths]
 
+    @field_validator("artifact_url", mode="after")
+    @classmethod
+    def _check_artifact_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("file://", "s3://")):
+            raise ValueError("must be file:///<dir> or s3://<bucket>/<prefix>")
+        if url is not None and url.startswith("s3://") and not url.removeprefix("s3://").strip("/"):
+            raise ValueError("s3:// needs a bucket: s3://<bucket>/<prefix>")
+        return url
+
+    @model_validator(mode="after")
+    def _presigned_needs_s3(self) -> Settings:
+        if self.artifact_redirect == "presigned" and not self.artifact_store_url.startswith(
+            "s3://"
+        ):
+            raise ValueError("LTH_ARTIFACT_REDIRECT=presigned needs an s3:// LTH_ARTIFACT_URL")
+        return self
+
+    @property
+    def artifact_store_url(self) -> str:
+        """``LTH_ARTIFACT_URL``, or the local artifact root as a file:// URL."""
+        return self.artifact_url or self.artifact_root.resolve().as_uri()
+
+    @property
+    def scratch_root(self) -> Path:
+        """Where a worker trains its jobs before publishing them, one folder per job."""
+        return self.home / "scratch"
+
+    @property
+    def cache_root(self) -> Path:
+        """Where a worker keeps uploaded datasets and models fetched from the store, by sha256."""
+        return self.home / "cache"
+
+    @property
+    def private_roots(self) -> list[Path]:
+        """The service's own folders, never readable through a file URI even inside a data root
+        (uploads are reached by ``dataset://``/``model://``, which check their owner)."""
+        return [
+            self.upload_root,
+            self.model_root,
+            self.artifact_root,
+            self.scratch_root,
+            self.cache_root,
+        ]
+
     @property
     def upload_root(self) -> Path:
-        """Where uploaded datasets live, one folder per tenant."""
+        """Where the API receives dataset uploads before they go to the artifact store."""
         return self.home / "datasets"
 
     @property
     def model_root(self) -> Path:
-        """Where uploaded models live, one folder per tenant."""
+        """Where the API receives model uploads before they go to the artifact store."""
         return self.home / "models"

@@ -1,4 +1,4 @@
-"""Shared fixtures: real Redis, real PostgreSQL, a temporary artifact directory, real data.
+"""Shared fixtures: real Redis, PostgreSQL and S3 (moto's server), an artifact directory, real data.
 
 On a developer's laptop a missing server skips the tests that need it, with the reason. In CI
 (``LTH_REQUIRE_SERVICES=1``, set by ``.ci/run``) a missing server fails them instead, so a green CI
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +93,59 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible HTTP server (moto's server mode) for the session."""
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not _reachable(endpoint, port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            require(False, "moto's S3 server did not start (pip install 'moto[server]')")
+        time.sleep(0.1)
+    try:
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str) -> dict[str, str]:
+    """``LTH_*`` settings of a fresh, empty bucket on the S3 server, under a prefix."""
+    import boto3
+
+    bucket = f"lth-{uuid.uuid4().hex[:12]}"
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket=bucket)
+    return {
+        "LTH_ARTIFACT_URL": f"s3://{bucket}/runs",
+        "LTH_S3_ENDPOINT_URL": s3_endpoint,
+        "LTH_S3_ACCESS_KEY_ID": "test",
+        "LTH_S3_SECRET_ACCESS_KEY": "test",
+        "LTH_S3_REGION": "us-east-1",
+    }
 
 
 @pytest.fixture

@@ -24,22 +24,34 @@ def compose() -> dict[str, Any]:
     return data
 
 
+GPU_WORKERS = ("worker-gpu0", "worker-gpu1")
+LTH_SERVICES = ("api", *GPU_WORKERS, "worker-cpu")
+
+
 def test_compose_has_the_services_of_a_deployment() -> None:
     services = compose()["services"]
-    assert {"redis", "postgres", "api", "worker", "worker-cpu"} <= set(services)
+    assert {"redis", "postgres", "minio", "minio-init", *LTH_SERVICES} <= set(services)
     redis_command = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis_command
     assert "--maxmemory-policy noeviction" in redis_command
     for name, service in services.items():
-        if name not in ("worker", "worker-cpu"):
+        if name != "minio-init":  # a one-shot job: it creates the bucket and exits
             assert "healthcheck" in service, name
+    init = services["minio-init"]
+    assert init["command"] == ["mb", "--ignore-existing", "minio/lth"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    for name in LTH_SERVICES:
+        assert services[name]["depends_on"]["minio-init"] == {
+            "condition": "service_completed_successfully"
+        }, name
 
 
 def test_every_variable_the_services_set_is_a_setting() -> None:
     services = compose()["services"]
-    for name in ("api", "worker", "worker-cpu"):
+    for name in LTH_SERVICES:
         environment = services[name]["environment"]
         assert set(environment) <= SETTINGS_VARIABLES, name
+        assert "LTH_ARTIFACT_ROOT" not in environment, name  # runs live in the object store
         settings = Settings(**{k.removeprefix("LTH_").lower(): v for k, v in environment.items()})
         database = urlsplit(settings.database_url)
         postgres = services["postgres"]["environment"]
@@ -51,23 +63,30 @@ def test_every_variable_the_services_set_is_a_setting() -> None:
         assert database.path == f"/{postgres['POSTGRES_DB']}"
         assert urlsplit(settings.broker_url or "").hostname == "redis"
         assert settings.auth == "enabled"
+        assert settings.artifact_store_url == "s3://lth/artifacts"
+        assert urlsplit(settings.s3_endpoint_url or "").hostname == "minio"
+        assert settings.artifact_redirect == "stream"  # clients cannot resolve minio:9000
+        minio = services["minio"]["environment"]
+        assert settings.s3_access_key_id == minio["MINIO_ROOT_USER"]
+        secret = settings.s3_secret_access_key
+        assert secret is not None and secret.get_secret_value() == minio["MINIO_ROOT_PASSWORD"]
 
 
-def test_api_and_workers_share_one_home_volume_and_run_lth_commands() -> None:
+def test_workers_share_only_the_servers_with_the_api_and_get_one_gpu_each() -> None:
     data = compose()
     services = data["services"]
-    mounts = {}
-    for name in ("api", "worker", "worker-cpu"):
+    api_volumes = {v.split(":")[0] for v in services["api"]["volumes"]}
+    for name in LTH_SERVICES:
         service = services[name]
         command = service["command"]
         assert command[0] == "lth" and command[1] in COMMANDS, name
-        home = service["environment"]["LTH_HOME"]
-        volumes = {v.split(":")[1]: v.split(":")[0] for v in service["volumes"]}
-        mounts[name] = volumes[home]
-        artifact_root = service["environment"]["LTH_ARTIFACT_ROOT"]
-        assert artifact_root.startswith(home + "/")
-    assert len(set(mounts.values())) == 1
-    assert next(iter(mounts.values())) in data["volumes"]
+        if name == "api":
+            continue
+        health = service["healthcheck"]["test"]
+        assert health[:3] == ["CMD", "lth", "worker-health"] and health[2] in COMMANDS, name
+        named = {v.split(":")[0] for v in service["volumes"]} & set(data["volumes"])
+        assert not named & api_volumes, name  # nothing shared with the API but the servers
+        assert "./data:/data:ro" in service["volumes"], name
     assert services["api"]["command"][1:] == [
         "serve",
         "--no-worker",
@@ -76,9 +95,18 @@ def test_api_and_workers_share_one_home_volume_and_run_lth_commands() -> None:
         "--port",
         "8000",
     ]
-    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia"
-    assert services["worker"]["command"] == ["lth", "worker", "--gpu", gpu["device_ids"][0]]
+    reserved = []
+    for name in GPU_WORKERS:
+        service = services[name]
+        (gpu,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert gpu["capabilities"] == ["gpu"] and gpu["driver"] == "nvidia", name
+        reserved += gpu["device_ids"]
+        # The container sees only its reserved GPU, as index 0.
+        assert service["command"] == ["lth", "worker", "--gpu", "0"], name
+        assert service["profiles"] == ["gpu"], name
+    assert reserved == ["0", "1"]
+    assert services["worker-cpu"]["command"] == ["lth", "worker"]
+    assert services["worker-cpu"]["profiles"] == ["cpu"]
 
 
 def test_dockerfile_installs_the_project_and_runs_the_api() -> None:

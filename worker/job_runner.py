@@ -8,12 +8,18 @@ The flow a task follows, whatever the broker delivers:
    the cancel flag, which the engine's stop check polls;
 3. finish the job as succeeded, failed (with a code and a message the user can act on) or
    cancelled. The attempt number fences every write: a worker that lost the job writes nothing.
+
+The engine trains in the worker's scratch folder; :class:`worker.run_publisher.RunPublisher`
+fetches what the artifact store holds of the job first (a job resumed on another host) and
+publishes its files while it runs and before its final state is written, so a client that sees
+``succeeded`` finds every artifact in the store.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
 import time
 import traceback
@@ -21,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -31,13 +37,17 @@ from api_schemas.spec import JobSpec
 from reports import write_report
 from store import events as store_events
 from store import jobs as store_jobs
+from store.artifact_store import ArtifactStore, open_artifact_store
 from store.datasets import get_dataset
 from store.models import get_model_by_uri, model_id_from_uri
 from store.settings import Settings
 from store.webhooks import notify_completion
 from worker.handoff import sigterm_requested
+from worker.run_publisher import RunPublisher
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +63,9 @@ class _Shared:
     last_beat: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
     rounds_logged: set[int] = field(default_factory=set)  # rounds with their event already
+    publisher: RunPublisher | None = None
+    publish_soon: bool = False  # a round finished: publish at the next heartbeat
+    last_publish: float = field(default_factory=time.monotonic)
 
 
 class JobRunner:
@@ -62,6 +75,13 @@ class JobRunner:
         self.settings = settings
         self.sessions = sessions
         self.worker_name = worker_name
+        self._store: ArtifactStore | None = None
+
+    @property
+    def store(self) -> ArtifactStore:
+        if self._store is None:
+            self._store = open_artifact_store(self.settings)
+        return self._store
 
     # ---- claiming -----------------------------------------------------------------------------
 
@@ -129,17 +149,28 @@ class JobRunner:
         from worker.engine.models import count_parameters
         from worker.training_cache import StoreTrainingCache
 
-        cache = StoreTrainingCache(self.sessions, tenant_id, job_id, self.settings.artifact_root)
+        scratch = self._scratch_folder(job_id, attempt)
+        publisher = RunPublisher(self.store, job_id, scratch, allowed=lambda: not shared.lost)
+        cache = StoreTrainingCache(self.sessions, tenant_id, publisher)
         # The job counts against the host's cores from the start: loading data and building
         # models already use threads.
         budget = contextlib.ExitStack()
         threads = budget.enter_context(thread_budget(self.settings))
         torch.set_num_threads(max(1, threads()))
         try:
+            fetched = _retrying(publisher.fetch, f"job {job_id}: could not fetch its run")
+        except Exception:
+            budget.close()
+            self._finish(job_id, attempt, "failed", error=self._store_error())
+            return "failed"
+        if fetched:
+            log.info("job %s: fetched %d files of its run from the store", job_id, fetched)
+        shared.publisher = publisher
+        try:
             spec, model_files = self._resolve_models(tenant_id, spec)
             run = IMPRun(
                 spec,
-                self.settings.artifact_root / job_id,
+                scratch,
                 self._data_config(tenant_id, model_files),
                 on_progress=lambda p: self._on_progress(job_id, p, shared),
                 should_stop=lambda: shared.cancel or shared.lost or shared.released(),
@@ -153,16 +184,21 @@ class JobRunner:
         except Stopped:
             if shared.lost:
                 log.warning("job %s: attempt %d lost the job to another worker", job_id, attempt)
+                publisher.discard()
                 return "lost"
             if shared.released() and not shared.cancel:
-                self._release(job_id, attempt)
+                if self._publish_final(job_id, attempt, shared, publisher) is None:
+                    self._release(job_id, attempt, spec.training.device)
                 return "released"
+            self._publish_final(job_id, attempt, shared, publisher)
             self._finish(job_id, attempt, "cancelled")
             return "cancelled"
         except EngineError as exc:
+            self._publish_final(job_id, attempt, shared, publisher)
             self._finish(job_id, attempt, "failed", error=JobError(code=exc.code, message=str(exc)))
             return "failed"
         except MemoryError:
+            self._publish_final(job_id, attempt, shared, publisher)
             message = "the job ran out of memory; use a smaller model, batch or dataset"
             self._finish(
                 job_id, attempt, "failed", error=JobError(code="out_of_memory", message=message)
@@ -182,16 +218,62 @@ class JobRunner:
                     message=f"the worker failed unexpectedly ({type(exc).__name__}); "
                     "the operator's logs have the details",
                 )
+            self._publish_final(job_id, attempt, shared, publisher)
             self._finish(job_id, attempt, "failed", error=error)
             return "failed"
         finally:
             budget.close()  # the cores go back to the host's other jobs
-        self._write_report(job_id)
+        self._write_report(job_id, scratch)
+        failure = self._publish_final(job_id, attempt, shared, publisher)
+        if failure is not None:
+            self._finish(job_id, attempt, "failed", error=failure)
+            return "failed"
         self._beat(job_id, attempt, shared)  # the final progress, before the final state
         self._finish(job_id, attempt, "succeeded", result=JobResult.from_summary(summary))
         return "succeeded"
 
-    def _release(self, job_id: str, attempt: int) -> None:
+    def _scratch_folder(self, job_id: str, attempt: int) -> Path:
+        """``<scratch>/<job_id>/<attempt>``, holding the latest earlier attempt's files when one
+        died on this host (renamed: a frozen attempt that wakes up finds its folder gone and
+        cannot write into this one); older ones are removed. Files only the store has are
+        fetched after."""
+        folder = self.settings.scratch_root / job_id / str(attempt)
+        earlier = sorted(
+            (int(path.name), path)
+            for path in folder.parent.glob("*")
+            if path.name.isdigit() and int(path.name) < attempt
+        )
+        if earlier and not folder.exists():
+            earlier.pop()[1].rename(folder)
+        for _, path in earlier:
+            shutil.rmtree(path, ignore_errors=True)
+        return folder
+
+    def _publish_final(
+        self, job_id: str, attempt: int, shared: _Shared, publisher: RunPublisher
+    ) -> JobError | None:
+        """Publish the whole run before its final state (retried: a store may blink), then free
+        the scratch folder. The error to fail the job with when the store stays unreachable.
+        Ownership is checked first: a worker that woke up after losing the job must not publish
+        (nor remove) anything of its successor's."""
+        self._beat(job_id, attempt, shared)
+        if shared.lost:
+            return None
+        try:
+            _retrying(lambda: publisher.publish(final=True), f"job {job_id}: could not publish")
+        except Exception:
+            return self._store_error()  # the run stays in the scratch folder, for the operator
+        publisher.discard()
+        return None
+
+    def _store_error(self) -> JobError:
+        return JobError(
+            code="artifact_store_unavailable",
+            message=f"the artifact store ({self.store.url}) could not be reached or refused the "
+            "run's files; the operator's logs have the details",
+        )
+
+    def _release(self, job_id: str, attempt: int, device: str) -> None:
         """Back to the queue, and sent again at once for another worker (the reconciler would
         send it later anyway)."""
         from store.queue import CeleryEnqueue
@@ -203,12 +285,12 @@ class JobRunner:
             )
         log.info("job %s: handed back to the queue%s", job_id, "" if released else " (lost)")
         if released:
-            CeleryEnqueue(celery_app)(job_id)
+            CeleryEnqueue(celery_app)(job_id, device)
 
-    def _write_report(self, job_id: str) -> None:
+    def _write_report(self, job_id: str, folder: Path) -> None:
         """The HTML and PNG report as artifacts; a failure here must not fail the job."""
         try:
-            write_report(self.settings.artifact_root / job_id)
+            write_report(folder)
         except Exception as exc:
             log.warning("job %s: report not written", job_id, exc_info=True)
             with self.sessions.begin() as session:
@@ -243,7 +325,7 @@ class JobRunner:
             location = getattr(spec.model, name)
             if location is None or model_id_from_uri(location) is None:
                 if location is not None and name == "uri":
-                    excluded = [self.settings.upload_root, self.settings.model_root]
+                    excluded = self.settings.private_roots
                     try:
                         confine(location, self.settings.data_roots, excluded)
                     except PathRefusedError as error:
@@ -253,7 +335,7 @@ class JobRunner:
                 row = get_model_by_uri(session, tenant_id, location)
             if row is None or row.format != kind:  # deleted since submission
                 raise DataError(f"model.{name}: {location} is not one of your {kind} uploads")
-            changes[name] = row.path
+            changes[name] = str(self._fetch_upload(f"model.{name}", row.path, row.sha256))
         if not changes:
             return spec, ()
         model = spec.model.model_copy(update=changes)
@@ -269,15 +351,26 @@ class JobRunner:
                 row = get_dataset(session, tenant_id, dataset_id)
             if row is None:  # deleted since submission, or never the tenant's
                 raise DataError(f"dataset://{dataset_id} is not one of your uploaded datasets")
-            return Path(row.path)
+            return self._fetch_upload(f"dataset://{dataset_id}", row.path, row.sha256)
 
         return DataConfig(
             roots=(*self.settings.data_roots, *model_files),
             download=self.settings.allow_download,
             torchvision_root=self.settings.home / "torchvision",
             uploads=upload,
-            excluded=(self.settings.upload_root,),
+            # The cache holds the uploads this job may read (as roots); the rest stays out.
+            excluded=tuple(r for r in self.settings.private_roots if r != self.settings.cache_root),
         )
+
+    def _fetch_upload(self, what: str, location: str, sha256: str) -> Path:
+        """An upload's verified local copy; a DataError the user can read when it is gone."""
+        from worker.engine.errors import DataError
+        from worker.upload_cache import UploadUnavailableError, cached_upload
+
+        try:
+            return cached_upload(self.store, location, sha256, self.settings.cache_root)
+        except UploadUnavailableError as error:
+            raise DataError(f"{what}: the uploaded file is unavailable ({error})") from error
 
     # ---- reporting ----------------------------------------------------------------------------
 
@@ -313,6 +406,7 @@ class JobRunner:
                 metrics=p.metrics,
             )
         if p.event == "round_done":
+            shared.publish_soon = True
             if p.round not in shared.rounds_logged:  # a resumed attempt meets its rounds again
                 shared.rounds_logged.add(p.round)
                 self._event(job_id, shared, "round", {"round": p.round, **p.metrics})
@@ -359,6 +453,21 @@ class JobRunner:
         shared.last_beat = time.monotonic()
         shared.lost = not beat.owned
         shared.cancel = beat.cancel_requested
+        if not shared.lost:
+            self._publish_now(job_id, shared)
+
+    def _publish_now(self, job_id: str, shared: _Shared) -> None:
+        """Publish the run's new files when a round finished or the interval passed; a failure
+        is retried at a later beat (the final publish is the one that must succeed)."""
+        due = shared.last_publish + self.settings.artifact_sync_seconds
+        if shared.publisher is None or not (shared.publish_soon or time.monotonic() >= due):
+            return
+        shared.publish_soon = False
+        shared.last_publish = time.monotonic()
+        try:
+            shared.publisher.publish()
+        except Exception:
+            log.warning("job %s: could not publish new files", job_id, exc_info=True)
 
     def _finish(
         self,
@@ -376,3 +485,14 @@ class JobRunner:
         log.info("job %s: %s%s", job_id, status, "" if done else " (already final)")
         if done:
             notify_completion(self.sessions, job_id, self.settings)
+
+
+def _retrying(action: Callable[[], T], failure: str) -> T:
+    """``action()``, tried again after 1, 2 and 4 s (a store may blink); the last error raises."""
+    for delay in (1.0, 2.0, 4.0):
+        try:
+            return action()
+        except Exception:
+            log.warning("%s; trying again in %.0f s", failure, delay, exc_info=True)
+            time.sleep(delay)
+    return action()

@@ -60,6 +60,9 @@ class AsyncClient:
             headers=self.config.headers(),
             timeout=self.config.timeout,
             transport=transport,
+            # Downloads may answer 307 to a presigned object-store URL; httpx drops the API
+            # key on the way to another origin.
+            follow_redirects=True,
             event_hooks=dict(event_hooks or {}),
         )
 

@@ -22,6 +22,7 @@ from api_schemas.problem import Problem
 from client.sdk.errors import ChecksumMismatch, NotFound, UnexpectedResponse
 
 CHUNK = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
@@ -134,7 +135,9 @@ class PartialDownload:
     def begin(self, response: httpx.Response) -> None:
         """Accept a 200 (the whole file: the prefix is dropped) or a 206 continuing our prefix."""
         etag = response.headers.get("etag")
-        if etag:
+        if etag and _SHA256.fullmatch(unquote_etag(etag) or ""):
+            # The API's ETag is the sha256; an object store's (after a presigned redirect) is
+            # its own, which says nothing about the content we check.
             self.etag = etag
         if response.status_code == 206:
             match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 
 from api_schemas.jobs import Dataset, DatasetFormat, DatasetList
 from api_schemas.problem import FieldError
@@ -16,11 +16,12 @@ from service.deps import CurrentTenant, SessionDep, StateDep
 from service.openapi import problems
 from service.problems import ProblemError, not_found, validation_problem
 from service.state import ServiceState
-from service.uploads import ReceivedFile, commit_file, receive_file
+from service.tenant_uploads import remove_upload, save_upload, upload_key
+from service.uploads import ReceivedFile, receive_file
 from service.views import dataset_view
 from store import datasets as dataset_store
 from store.ids import new_id
-from store.tables import Tenant
+from store.tables import DatasetRow, Tenant
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["datasets"])
@@ -76,25 +77,22 @@ def _save(
     name: str,
 ) -> Dataset:
     dataset_id = new_id("ds")
-    final = upload.path.parent / f"{dataset_id}.{fmt}"
-    commit_file(upload.path, final)
-    try:
-        with state.sessions.begin() as session:
-            row = dataset_store.add_dataset(
-                session,
-                dataset_id=dataset_id,
-                tenant_id=tenant.id,
-                name=name,
-                format=fmt,
-                path=final,
-                size=upload.size,
-                sha256=upload.sha256,
-                meta=info.as_metadata(),
-            )
-            return dataset_view(row)
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
+    key = upload_key(tenant.id, "datasets", dataset_id, fmt)
+
+    def record(session: Session, key: str) -> DatasetRow:
+        return dataset_store.add_dataset(
+            session,
+            dataset_id=dataset_id,
+            tenant_id=tenant.id,
+            name=name,
+            format=fmt,
+            path=key,
+            size=upload.size,
+            sha256=upload.sha256,
+            meta=info.as_metadata(),
+        )
+
+    return save_upload(state, upload, key, record, dataset_view)
 
 
 @router.post(
@@ -167,13 +165,12 @@ def get_dataset(dataset_id: str, session: SessionDep, tenant: CurrentTenant) -> 
     description="Jobs already queued with it will fail when they start.",
     responses=problems(401, 404),
 )
-def delete_dataset(dataset_id: str, session: SessionDep, tenant: CurrentTenant) -> Response:
+def delete_dataset(
+    dataset_id: str, session: SessionDep, tenant: CurrentTenant, state: StateDep
+) -> Response:
     row = dataset_store.delete_dataset(session, tenant.id, dataset_id)
     if row is None:
         raise not_found("dataset")
     session.commit()
-    try:
-        Path(row.path).unlink(missing_ok=True)
-    except OSError:
-        log.exception("could not remove the file of deleted dataset %s", dataset_id)
+    remove_upload(state, row.path, f"dataset {dataset_id}")
     return Response(status_code=204)

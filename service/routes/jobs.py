@@ -1,4 +1,4 @@
-"""/v1/jobs: submit, list, get and cancel pruning jobs; read their per-round results."""
+"""/v1/jobs: submit, list, get, cancel and delete pruning jobs; read their per-round results."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Re
 from pydantic import TypeAdapter, ValidationError, WithJsonSchema
 
 from api_schemas.examples import MINIMAL_SPEC
-from api_schemas.jobs import Job, JobList, JobStatus
+from api_schemas.jobs import TERMINAL_STATUSES, Job, JobList, JobStatus
 from api_schemas.problem import FieldError
 from api_schemas.results import RoundResult
 from api_schemas.spec import LABEL_KEY_MAX_LENGTH, LABEL_VALUE_MAX_LENGTH, MAX_LABELS, JobSpec
@@ -19,10 +19,12 @@ from service.artifact_files import read_rounds
 from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import job_links, problems
 from service.problems import ProblemError, not_found, validation_problem
+from service.report_cache import drop_cached
 from service.views import job_view
 from store import jobs as job_store
 from store.errors import IdempotencyConflictError, InvalidCursorError, TooManyActiveJobsError
 from store.events import add_event
+from store.retention import purge_job
 from store.webhooks import notify_completion
 
 log = logging.getLogger(__name__)
@@ -39,11 +41,11 @@ LabelFilter = Annotated[
 _rounds_adapter = TypeAdapter(list[RoundResult])
 
 
-def _enqueue(state: StateDep, job_id: str) -> None:
+def _enqueue(state: StateDep, job_id: str, device: str) -> None:
     """Hand the committed job to the workers. On failure the job stays queued (the reconciler
     re-enqueues stale queued jobs), so the client still gets its 202."""
     try:
-        state.enqueue(job_id)
+        state.enqueue(job_id, device)
     except Exception as exc:
         log.exception("enqueue of %s failed; it stays queued for the reconciler", job_id)
         message = f"could not reach the queue ({type(exc).__name__}); will retry"
@@ -119,7 +121,7 @@ def create_job(
     session.commit()
     job = created.job
     if created.created:
-        _enqueue(state, job.id)
+        _enqueue(state, job.id, spec.training.device)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
@@ -232,9 +234,37 @@ def get_rounds(
     job = owned_job(session, tenant, job_id)
     session.close()
     try:
-        return _rounds_adapter.validate_python(read_rounds(state.settings.artifact_root / job.id))
+        return _rounds_adapter.validate_python(read_rounds(state.artifacts, job.id))
     except (ValueError, ValidationError) as exc:
         log.exception("rounds.json of %s is unreadable", job.id)
         raise ProblemError(
             500, "The job's round results are unreadable.", kind="corrupt-artifact"
         ) from exc
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    name="delete_job",
+    summary="Delete a finished job",
+    description="Removes a succeeded, failed or cancelled job for good: its artifacts, events and "
+    "the trainings other jobs could have reused. A queued or running job answers 409: cancel it "
+    "first, and delete it once it has stopped.",
+    response_class=Response,
+    responses=problems(401, 404, 409),
+)
+def delete_job(
+    job_id: str, session: SessionDep, tenant: CurrentTenant, state: StateDep
+) -> Response:
+    job = owned_job(session, tenant, job_id)
+    session.close()
+    if job.status not in TERMINAL_STATUSES:
+        raise ProblemError(
+            409,
+            f"The job is {job.status}; cancel it first, then delete it once it has stopped.",
+            kind="job-active",
+        )
+    if not purge_job(state.sessions, state.artifacts, job.id):  # deleted meanwhile
+        raise not_found("job")
+    drop_cached(state.settings, job.id)
+    return Response(status_code=204)

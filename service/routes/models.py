@@ -7,11 +7,11 @@ architectures; ``uploads`` is no architecture's name.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request, Response
+from sqlalchemy.orm import Session
 
 from api_schemas.jobs import ModelFormat, ModelInfo, ModelList, UploadedModel, UploadedModelList
 from api_schemas.problem import FieldError
@@ -21,7 +21,8 @@ from service.model_files import InvalidModelError, inspect_model
 from service.openapi import problems
 from service.problems import ProblemError, not_found, validation_problem
 from service.state import ServiceState
-from service.uploads import ReceivedFile, commit_file, receive_file
+from service.tenant_uploads import remove_upload, save_upload, upload_key
+from service.uploads import ReceivedFile, receive_file
 from store import models as model_store
 from store.ids import new_id
 from store.models import MODEL_ID_PREFIX, model_uri
@@ -100,25 +101,22 @@ def _save(
     name: str,
 ) -> UploadedModel:
     model_id = new_id(MODEL_ID_PREFIX)
-    final = upload.path.parent / f"{model_id}.{fmt}"
-    commit_file(upload.path, final)
-    try:
-        with state.sessions.begin() as session:
-            row = model_store.add_model(
-                session,
-                model_id=model_id,
-                tenant_id=tenant.id,
-                name=name,
-                format=fmt,
-                path=final,
-                size=upload.size,
-                sha256=upload.sha256,
-                meta=meta,
-            )
-            return model_view(row)
-    except BaseException:
-        final.unlink(missing_ok=True)
-        raise
+    key = upload_key(tenant.id, "models", model_id, fmt)
+
+    def record(session: Session, key: str) -> ModelRow:
+        return model_store.add_model(
+            session,
+            model_id=model_id,
+            tenant_id=tenant.id,
+            name=name,
+            format=fmt,
+            path=key,
+            size=upload.size,
+            sha256=upload.sha256,
+            meta=meta,
+        )
+
+    return save_upload(state, upload, key, record, model_view)
 
 
 @router.get(
@@ -204,15 +202,14 @@ def get_uploaded_model(model_id: str, session: SessionDep, tenant: CurrentTenant
     description="Jobs already queued with it will fail when they start.",
     responses=problems(401, 404),
 )
-def delete_uploaded_model(model_id: str, session: SessionDep, tenant: CurrentTenant) -> Response:
+def delete_uploaded_model(
+    model_id: str, session: SessionDep, tenant: CurrentTenant, state: StateDep
+) -> Response:
     row = model_store.delete_model(session, tenant.id, model_id)
     if row is None:
         raise not_found("model")
     session.commit()
-    try:
-        Path(row.path).unlink(missing_ok=True)
-    except OSError:
-        log.exception("could not remove the file of deleted model %s", model_id)
+    remove_upload(state, row.path, f"model {model_id}")
     return Response(status_code=204)
 
 

@@ -1,47 +1,36 @@
 """/v1/jobs/{id}/report: the job's visual report (self-contained HTML, and its summary PNG).
 
-The worker may not have written a report yet (mid-run, or a run from before reports existed):
-it is then drawn here from ``rounds.json`` (about a second of matplotlib). A finished run's report
-is cached as the ``report.html``/``report.png`` artifacts; a mid-run one is cached under hidden
-names, which the artifact listing and the manifest skip, so a draft never becomes an artifact.
-A cached file older than ``rounds.json`` or ``manifest.json`` is drawn again.
+A finished run's ``report.html``/``report.png`` are artifacts the worker publishes; they are
+served from the store while they are not older than ``rounds.json`` and ``manifest.json``.
+Otherwise (mid-run, a run from before reports, a stale report) the report is drawn from the
+run's JSON into the API's own cache (:mod:`service.report_cache`), never into the store, so a
+draft never becomes an artifact.
 """
 
 from __future__ import annotations
 
-import os
-import stat
-import threading
-from pathlib import Path
+from collections.abc import Mapping
 
 from fastapi import APIRouter
 from starlette.responses import Response
 
 from api_schemas.run_layout import MANIFEST, REPORT_STEM, ROUNDS
-from reports import ReportError, write_report
+from reports import ReportError
+from service.artifact_files import artifact_key
 from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import problems
 from service.problems import ProblemError
+from service.report_cache import REPORT_INPUTS, drawn_report
+from service.state import ServiceState
+from store.artifact_store import StoredObject
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
-FINAL_STEM = REPORT_STEM
-DRAFT_STEM = ".report-draft"
 #: The page needs nothing but its own inline CSS and data: images.
 REPORT_CSP = (
     "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-_drawing = threading.Lock()  # one drawing at a time: a report costs a core for about a second
-
-
-def _mtime(path: Path) -> float | None:
-    """mtime of a regular file (not a symlink), None when there is none."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return info.st_mtime if stat.S_ISREG(info.st_mode) else None
 
 
 def _no_report() -> ProblemError:
@@ -50,37 +39,43 @@ def _no_report() -> ProblemError:
     )
 
 
-def _current_report(job_dir: Path, suffix: str) -> Path:
-    """The up-to-date report file (``.html`` or ``.png``), drawn first when missing or stale."""
-    stem = FINAL_STEM if _mtime(job_dir / MANIFEST) is not None else DRAFT_STEM
-    wanted = [job_dir / f"{stem}{ext}" for ext in (".html", ".png")]
-    sources = [t for t in (_mtime(job_dir / ROUNDS), _mtime(job_dir / MANIFEST)) if t is not None]
-
-    def fresh() -> bool:
-        times = [_mtime(path) for path in wanted]
-        return all(t is not None and t >= max(sources, default=0.0) for t in times)
-
-    if not fresh():
-        if not sources:
-            raise _no_report()
-        with _drawing:
-            if not fresh():
-                _draw(job_dir, stem, max(sources))
-    return job_dir / f"{stem}{suffix}"
+def _published(
+    state: ServiceState, job_id: str, suffix: str, inputs: Mapping[str, StoredObject | None]
+) -> bytes | None:
+    """The worker's report file, if it is at least as new as the run's rounds and manifest."""
+    report = state.artifacts.stat(artifact_key(job_id, f"{REPORT_STEM}{suffix}"))
+    if report is None:
+        return None
+    sources = [inputs[name] for name in (ROUNDS, MANIFEST)]
+    if any(item is not None and item.modified > report.modified for item in sources):
+        return None
+    return state.artifacts.read_bytes(report.key)
 
 
-def _draw(job_dir: Path, stem: str, drawn_from: float) -> None:
+def _report(state: ServiceState, job_id: str, suffix: str) -> bytes:
+    """The up-to-date report file (``.html`` or ``.png``): published, or drawn here."""
+    store = state.artifacts
+    inputs = {name: store.stat(artifact_key(job_id, name)) for name in REPORT_INPUTS}
+    published = _published(state, job_id, suffix, inputs)
+    if published is not None:
+        return published
+    if inputs[ROUNDS] is None:
+        raise _no_report()
     try:
-        written = write_report(job_dir, stem=stem)
+        try:
+            return _drawn(state, job_id, suffix, inputs)
+        except FileNotFoundError:  # superseded and removed by a newer drawing meanwhile
+            return _drawn(state, job_id, suffix, inputs)
     except ReportError:
         raise _no_report() from None
-    # Date the files by the inputs they were drawn from: a round finishing during the drawing
-    # leaves rounds.json newer than the report, so the next request draws it again.
-    for path in written:
-        os.utime(path, (drawn_from, drawn_from))
-    if stem == FINAL_STEM:
-        for ext in (".html", ".png"):
-            (job_dir / f"{DRAFT_STEM}{ext}").unlink(missing_ok=True)
+
+
+def _drawn(
+    state: ServiceState, job_id: str, suffix: str, inputs: Mapping[str, StoredObject | None]
+) -> bytes:
+    folder = drawn_report(state.artifacts, state.settings, job_id, inputs)
+    # Read whole (a few hundred KB): a folder is complete once it has its name.
+    return (folder / f"{REPORT_STEM}{suffix}").read_bytes()
 
 
 def _serve(
@@ -88,9 +83,7 @@ def _serve(
 ) -> Response:
     job = owned_job(session, tenant, job_id)
     session.close()
-    path = _current_report(state.settings.artifact_root / job.id, suffix)
-    # Read whole (a few hundred KB): a concurrent redraw renames a new file in, never truncates.
-    body = path.read_bytes()
+    body = _report(state, job.id, suffix)
     media_type = "text/html; charset=utf-8" if suffix == ".html" else "image/png"
     headers = {"Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff"}
     if suffix == ".html":

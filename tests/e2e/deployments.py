@@ -53,11 +53,18 @@ class Deployment:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a process with the deployment's environment (or ``env`` on top of it)."""
         log = self.home / f"{name}.log"
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [*args], env=self.env, stdout=out, stderr=out, start_new_session=True
+                [*args],
+                env=self.env | (env or {}),
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
             )
         self.processes[name], self.logs[name] = process, log
         return process
@@ -129,6 +136,21 @@ def wait_for(
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} not in {statuses} after {timeout} s: {job}")
+
+
+def wait_for_progress(
+    client: httpx.Client, job_id: str, *, round: int, step: int, timeout: float = 120
+) -> None:
+    """Until the running job reports at least ``step`` in round ``round`` or later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        progress = client.get(f"/v1/jobs/{job_id}").json().get("progress") or {}
+        if progress.get("round", 0) > round or (
+            progress.get("round", 0) == round and progress.get("step", 0) >= step
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not reach round {round}, step {step}: {progress}")
 
 
 def base_env(home: Path, port: int) -> dict[str, str]:

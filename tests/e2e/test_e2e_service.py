@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load
 
 from api_schemas.examples import minimal_spec
-from tests.e2e.deployments import SMALL_SPEC, TERMINAL, Deployment, wait_for
+from tests.e2e.deployments import SMALL_SPEC, TERMINAL, Deployment, wait_for, wait_for_progress
 
 pytestmark = pytest.mark.e2e
 
@@ -119,11 +119,7 @@ def test_a_killed_worker_is_replaced_and_the_job_resumes(production: Deployment)
         job = submit(client, spec)
         wait_for(client, job["id"], {"running"})
         # Killed in round 1, after round 0 has finished and logged its event.
-        while True:
-            progress = client.get(f"/v1/jobs/{job['id']}").json().get("progress") or {}
-            if progress.get("round", 0) >= 1 and progress.get("step", 0) >= 300:
-                break
-            time.sleep(0.1)
+        wait_for_progress(client, job["id"], round=1, step=300)
         production.kill("worker")
         production.start_worker("worker2")
         done = wait_for(client, job["id"], TERMINAL, timeout=180)
@@ -151,11 +147,7 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(production: Depl
     with production.client(production.key("tenant-a")) as client:
         job = submit(client, spec)
         wait_for(client, job["id"], {"running"})
-        while True:
-            progress = client.get(f"/v1/jobs/{job['id']}").json().get("progress") or {}
-            if progress.get("round", 0) >= 1 and progress.get("step", 0) >= 300:
-                break
-            time.sleep(0.1)
+        wait_for_progress(client, job["id"], round=1, step=300)
         first = production.processes.pop("worker")
         os.kill(first.pid, signal.SIGTERM)
         assert first.wait(timeout=60) == 0, production.log_tail()
@@ -200,7 +192,7 @@ def test_duplicate_deliveries_run_a_job_once(production: Deployment) -> None:
         job = submit(client, SMALL_SPEC)
         producer = make_celery(production.env["LTH_BROKER_URL"], production.home, 3600)
         for _ in range(2):
-            CeleryEnqueue(producer)(job["id"])
+            CeleryEnqueue(producer)(job["id"], "auto")
         done = wait_for(client, job["id"], TERMINAL)
         assert done["status"] == "succeeded" and done["attempt"] == 1
         time.sleep(1.0)  # the duplicates are consumed after the job; they must change nothing

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from api_schemas.spec import JobSpec, ModelSpec
 from service.artifact_files import list_artifacts
+from store.artifact_store import LocalArtifactStore
 from worker.engine.artifacts import verify
 from worker.engine.data import DataConfig
 from worker.engine.data.idx import read_idx
@@ -261,7 +262,8 @@ def test_a_run_writes_lists_and_serves_model_onnx(tmp_path: Path) -> None:
     assert entry["sha256"] == sha256_file(paths.onnx)
     assert entry["size"] == paths.onnx.stat().st_size
     assert verify(tmp_path) == []
-    listed = {a.name: a for a in list_artifacts(tmp_path)}
+    store = LocalArtifactStore(tmp_path.parent)
+    listed = {a.name: a for a in list_artifacts(store, tmp_path.name)}
     assert listed["model.onnx"].media_type == "application/octet-stream"
     assert listed["model.onnx"].sha256 == entry["sha256"]
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left behind

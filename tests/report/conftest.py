@@ -92,7 +92,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         with sessions.begin() as session:
             return create_api_key(session, f"tenant-{uuid.uuid4().hex[:10]}")
 
-    def enqueue(job_id: str) -> None:
+    def enqueue(job_id: str, device: str) -> None:
         if live.on_enqueue is not None:
             threading.Thread(target=live.on_enqueue, args=(job_id,), daemon=True).start()
 

@@ -46,7 +46,8 @@ def test_report_route(server: Server, tiny_run: Path) -> None:
     names = [a["name"] for a in owner.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]]
     assert not [n for n in names if "report" in n]
 
-    # Finished: the whole run → report.html/.png become artifacts, the draft goes away.
+    # Finished, before the worker published its report: drawn by the API in its own cache,
+    # never written into the store (so never an artifact).
     shutil.copytree(tiny_run, folder, dirs_exist_ok=True)
     final = owner.get(url)
     assert final.status_code == 200
@@ -55,20 +56,29 @@ def test_report_route(server: Server, tiny_run: Path) -> None:
     assert html.count("<tr") == 4 and "random_prune accuracy" in html
     assert "tiny &lt;run&gt; &amp; &quot;friends&quot;" in html
     assert html.count('src="data:image/png;base64,') == 3
-    assert not [p for p in folder.iterdir() if p.name.startswith(".report")]
+    assert not [p for p in folder.iterdir() if p.name.startswith((".report", "report"))]
     names = [a["name"] for a in owner.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]]
-    assert {"report.html", "report.png"} <= set(names)
-    assert owner.get(url).text == html  # served from the file now, not redrawn
+    assert not [n for n in names if "report" in n]
+    assert owner.get(url).text == html  # served from the cache now, not redrawn
 
     png = owner.get(f"{url}.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
     assert png.content.startswith(PNG_MAGIC)
 
+    # The report the worker publishes is an artifact, and served as it is.
+    (folder / "report.html").write_text("<p>published</p>")
+    (folder / "report.png").write_bytes(PNG_MAGIC + b"published")
+    names = [a["name"] for a in owner.get(f"/v1/jobs/{job_id}/artifacts").json()["data"]]
+    assert {"report.html", "report.png"} <= set(names)
+    assert owner.get(url).text == "<p>published</p>"
+    assert owner.get(f"{url}.png").content == PNG_MAGIC + b"published"
+
     # A newer rounds.json (say, a resumed run) makes the report stale: it is drawn again.
     later = time.time() + 5
     os.utime(folder / "rounds.json", (later, later))
-    assert owner.get(url).status_code == 200
-    assert (folder / "report.html").stat().st_mtime >= later
+    redrawn = owner.get(url)
+    assert redrawn.status_code == 200 and "winning ticket" in redrawn.text
+    assert (folder / "report.html").read_text() == "<p>published</p>"  # the store untouched
 
     # Another tenant's job reads exactly like a missing one.
     foreign = expect_problem(stranger.get(url), 404)

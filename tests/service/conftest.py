@@ -83,7 +83,7 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
 
     def start(
         database_url: str | None = None,
-        enqueue: Callable[[str], None] | None = None,
+        enqueue: Callable[[str, str], None] | None = None,
         **overrides: Any,
     ) -> LiveService:
         home = tmp_path_factory.mktemp("lth-home")
@@ -101,7 +101,7 @@ def service_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servic
         options.update(overrides)
         settings = Settings(**options)
         enqueued: list[str] = []
-        app = create_app(settings, enqueue=enqueue or enqueued.append)
+        app = create_app(settings, enqueue=enqueue or (lambda job_id, _: enqueued.append(job_id)))
         server, thread, url = _serve(app)
         engine = make_engine(settings.database_url)
 

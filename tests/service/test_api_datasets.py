@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
+from tests.service.stored_uploads import stored_uploads
+
 ProblemCheck = Callable[..., dict[str, Any]]
 
 
@@ -68,9 +70,10 @@ def test_upload_list_get_delete(live: Any, expect_problem: ProblemCheck) -> None
         expect_problem(stranger.delete(f"/v1/datasets/{dataset['id']}"), 404)
         assert stranger.get("/v1/datasets").json()["data"] == []
 
-        stored = list((live.settings.upload_root).glob(f"*/{dataset['id']}.npz"))
-        assert len(stored) == 1 and stored[0].read_bytes() == content
-        assert not list(stored[0].parent.glob(".upload-*"))
+        (key,) = (k for k in stored_uploads(live) if k.endswith(f"/datasets/{dataset['id']}.npz"))
+        assert stored_uploads(live)[key] == content
+        # The received file went to the store: nothing stays in the API's receiving area.
+        assert not [p for p in live.settings.upload_root.rglob("*") if p.is_file()]
 
         # The dataset can be used by its owner only.
         spec = {
@@ -85,14 +88,14 @@ def test_upload_list_get_delete(live: Any, expect_problem: ProblemCheck) -> None
             "dataset.validation_size"
         )
         expect_problem(stranger.post("/v1/jobs", json=spec), 422)
-        # A file URI into the upload area is refused even for the owner.
-        spec["dataset"]["uri"] = f"npz://{stored[0]}"
+        # A file URI into the store's uploads is refused even for the owner.
+        spec["dataset"]["uri"] = f"npz://{live.settings.artifact_root / key}"
         assert expect_problem(client.post("/v1/jobs", json=spec), 422)["errors"][0]["loc"] == (
             "dataset.uri"
         )
 
         assert client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
-        assert not stored[0].exists()
+        assert key not in stored_uploads(live)
         expect_problem(client.get(f"/v1/datasets/{dataset['id']}"), 404)
 
 

@@ -313,7 +313,7 @@ def test_progress_result_and_error_are_shown(live: Any, spec: Spec) -> None:
 
 
 def test_enqueue_failure_keeps_the_job_queued(service_factory: Any, spec: Spec) -> None:
-    def broken(job_id: str) -> None:
+    def broken(job_id: str, device: str) -> None:
         raise ConnectionError("broker down")
 
     live = service_factory(enqueue=broken)

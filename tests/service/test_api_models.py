@@ -11,6 +11,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import save
 
+from tests.service.stored_uploads import stored_uploads
+
 ProblemCheck = Callable[..., dict[str, Any]]
 SYNTHETIC = "synthetic://?classes=3&shape=1,4,4&train=200&test=10"
 
@@ -73,9 +75,9 @@ def test_upload_list_get_delete_and_isolation(live: Any, expect_problem: Problem
         expect_problem(stranger.get(f"/v1/models/uploads/{model['id']}"), 404)
         assert stranger.get("/v1/models/uploads").json()["data"] == []
         expect_problem(stranger.delete(f"/v1/models/uploads/{model['id']}"), 404)
-        path = live.settings.model_root
-        assert len(list(path.rglob("mdl_*.onnx"))) >= 1
+        key = next(k for k in stored_uploads(live) if k.endswith(f"/models/{model['id']}.onnx"))
         assert client.delete(f"/v1/models/uploads/{model['id']}").status_code == 204
+        assert key not in stored_uploads(live)
         expect_problem(client.get(f"/v1/models/uploads/{model['id']}"), 404)
 
 
@@ -89,14 +91,15 @@ def test_unsupported_or_malformed_files_are_refused_and_nothing_is_stored(
         ("w.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{}", "malformed", "safetensors"),
     ]
     with live.tenant_client() as client:
-        before = {p for p in live.settings.model_root.rglob("*") if p.is_file()}
+        before = set(stored_uploads(live))
         for filename, content, kind, words in cases:
             body = expect_problem(_upload(client, filename, content), 422)
             (error,) = body["errors"]
             assert error["loc"] == "file" and error["type"] == kind, body
             assert words in error["msg"], error
         assert client.get("/v1/models/uploads").json()["data"] == []
-        assert {p for p in live.settings.model_root.rglob("*") if p.is_file()} == before
+        assert set(stored_uploads(live)) == before
+        assert not [p for p in live.settings.model_root.rglob("*") if p.is_file()]
 
 
 def test_external_data_is_refused(live: Any, expect_problem: ProblemCheck) -> None:

@@ -51,11 +51,16 @@ def _upload(client: httpx.Client) -> str:
 
 @pytest.fixture(scope="module")
 def victim_upload(live: Any) -> Path:
-    """Another tenant's uploaded file, where the store keeps it."""
+    """Another tenant's uploaded file, where the (local) artifact store keeps it."""
     with live.tenant_client() as victim:
         dataset_id = _upload(victim)
-    (stored,) = live.settings.upload_root.glob(f"*/{dataset_id}.npz")
+    (stored,) = (live.settings.artifact_root / "uploads").glob(f"*/datasets/{dataset_id}.npz")
     return Path(stored)
+
+
+def _tenant_folder(upload: Path) -> str:
+    """``<tenant>/datasets/<file>`` of a stored upload."""
+    return upload.relative_to(upload.parents[2]).as_posix()
 
 
 def _data_root(live: Any) -> Path:
@@ -96,9 +101,10 @@ def test_hostile_weights_are_refused_and_nothing_is_stored(
         "another tenant's upload": str(victim_upload),
         "file URI of it": f"file://{victim_upload}",
         "the upload area itself": str(live.settings.upload_root),
+        "the artifact store itself": str(live.settings.artifact_root),
         "symlink to an upload": str(data / "to-victim.safetensors"),
         "symlink out of the roots": str(data / "to-outside.safetensors"),
-        "dot-dot into the uploads": f"{data}/../datasets/{victim_upload.parent.name}",
+        "dot-dot into the uploads": f"{data}/../artifacts/uploads/{_tenant_folder(victim_upload)}",
         "dot-dot out of the roots": "/usr/share/datasets/../../../etc/passwd",
         "absolute path elsewhere": "/etc/passwd",
         "unknown scheme": "s3://bucket/weights.safetensors",
@@ -125,8 +131,9 @@ def test_hostile_dataset_uris_are_refused_and_nothing_is_stored(
         # Naming the upload area's root would read every tenant's files.
         f"imagefolder://{uploads}",
         f"imagefolder://{data}/../datasets",
-        f"npz://{data}/set.npz#/../../datasets/{victim_upload.parent.name}/{victim_upload.name}",
-        f"npz://{data}/set.npz?/../../datasets/{victim_upload.parent.name}/{victim_upload.name}",
+        f"imagefolder://{live.settings.artifact_root}",
+        f"npz://{data}/set.npz#/../../artifacts/uploads/{_tenant_folder(victim_upload)}",
+        f"npz://{data}/set.npz?/../../artifacts/uploads/{_tenant_folder(victim_upload)}",
         f"npz://{victim_upload}",
         f"npz://{victim_upload}?x=1",
         f"npz://localhost{data}/set.npz",

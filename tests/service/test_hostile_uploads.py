@@ -22,6 +22,7 @@ from safetensors.numpy import save
 
 from service.settings import MiB
 from tests.service.conftest import LiveService, ServiceFactory
+from tests.service.stored_uploads import stored_uploads
 
 ProblemCheck = Callable[..., dict[str, Any]]
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -165,8 +166,10 @@ def _absurd_npz() -> bytes:
     return _zip(members)
 
 
-def _stored_files(service: LiveService) -> set[Path]:
-    return {path for path in service.settings.upload_root.rglob("*") if path.is_file()}
+def _stored_files(service: LiveService) -> set[str]:
+    """Uploads in the store, and anything left in the API's receiving area."""
+    received = {str(p) for p in service.settings.upload_root.rglob("*") if p.is_file()}
+    return received | set(stored_uploads(service))
 
 
 def _over_the_cap() -> bytes:

@@ -89,7 +89,7 @@ CONFIG: dict[str, Any] = {
 def _openapi() -> dict[str, Any]:
     """The document the app serves; building the app opens no database and starts nothing."""
     home = Path(tempfile.gettempdir()) / "lth-openapi"
-    app = create_app(Settings(home=home, database_url="sqlite://"), enqueue=lambda _: None)
+    app = create_app(Settings(home=home, database_url="sqlite://"), enqueue=lambda *_: None)
     return app.openapi()
 
 

@@ -1,8 +1,6 @@
-"""Dataset rows: tenant-scoped lookups and the worker's `dataset://` resolution."""
+"""Dataset rows: tenant-scoped lookups of `dataset://` uploads and their store keys."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -12,10 +10,10 @@ from store.tables import Tenant
 
 
 def test_dataset_rows(
-    sessions: sessionmaker[Session], tenant: Tenant, other_tenant: Tenant, tmp_path: Path
+    sessions: sessionmaker[Session], tenant: Tenant, other_tenant: Tenant
 ) -> None:
     dataset_id = new_id("ds")
-    path = tmp_path / f"{dataset_id}.npz"
+    key = f"uploads/{tenant.id}/datasets/{dataset_id}.npz"
     with sessions.begin() as session:
         datasets.add_dataset(
             session,
@@ -23,7 +21,7 @@ def test_dataset_rows(
             tenant_id=tenant.id,
             name="tiny",
             format="npz",
-            path=path,
+            path=key,
             size=10,
             sha256="0" * 64,
             meta={"train_size": 2},
@@ -32,8 +30,8 @@ def test_dataset_rows(
     assert datasets.dataset_id_from_uri(uri) == dataset_id
     assert datasets.dataset_id_from_uri("npz:///x.npz") is None
     with sessions.begin() as session:
-        assert datasets.resolve_dataset_uri(session, tenant.id, uri) == path
-        assert datasets.resolve_dataset_uri(session, other_tenant.id, uri) is None
+        found = datasets.get_dataset(session, tenant.id, dataset_id)
+        assert found is not None and found.path == key
         assert datasets.get_dataset(session, other_tenant.id, dataset_id) is None
         assert [d.id for d in datasets.list_datasets(session, tenant.id)] == [dataset_id]
         assert datasets.list_datasets(session, other_tenant.id) == []

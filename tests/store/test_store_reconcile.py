@@ -18,7 +18,11 @@ Sessions = sessionmaker[Session]
 
 def reconciler(sessions: Sessions, sent: list[str]) -> Reconciler:
     return Reconciler(
-        sessions, sent.append, stale_after_s=60, requeue_queued_after_s=60, every_s=3600
+        sessions,
+        lambda j, _: sent.append(j),
+        stale_after_s=60,
+        requeue_queued_after_s=60,
+        every_s=3600,
     )
 
 

@@ -1,4 +1,5 @@
-"""The worker's training cache over the real store and real files in an artifact root."""
+"""The worker's training cache over the real job store, a real artifact store (a local folder)
+and real scratch folders."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api_schemas.spec import JobSpec
 from store import jobs, reuse
+from store.artifact_store import LocalArtifactStore
 from store.db import make_engine, make_sessionmaker
 from store.tables import Tenant
 from worker.engine.hooks import TrainingCache
+from worker.run_publisher import RunPublisher
 from worker.training_cache import StoreTrainingCache
 
 Sessions = sessionmaker[Session]
@@ -22,9 +25,15 @@ KEY = "0123456789abcdef" * 4
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    path = tmp_path / "artifacts"
+    """The workers' scratch root: one folder per job."""
+    path = tmp_path / "scratch"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LocalArtifactStore:
+    return LocalArtifactStore(tmp_path / "artifacts")
 
 
 def _job(sessions: Sessions, tenant: Tenant, spec: JobSpec) -> str:
@@ -33,7 +42,8 @@ def _job(sessions: Sessions, tenant: Tenant, spec: JobSpec) -> str:
 
 
 def _cache(sessions: Sessions, tenant: Tenant, job_id: str, root: Path) -> TrainingCache:
-    return StoreTrainingCache(sessions, tenant.id, job_id, root)
+    store = LocalArtifactStore(root.parent / "artifacts")
+    return StoreTrainingCache(sessions, tenant.id, RunPublisher(store, job_id, root / job_id))
 
 
 def _write(path: Path, text: str) -> Path:
@@ -72,10 +82,13 @@ def test_round_trip(
         "metrics": f"{first}/rounds/0/metrics.json",
     }
     found = _cache(sessions, tenant, later, root).lookup(KEY)
-    assert found is not None
-    assert dict(found) == {name: path.resolve() for name, path in files.items()}
-    assert all(path.is_absolute() for path in found.values())
-    assert found["trained"].read_text() == f"weights of {first}"
+    assert found is not None and set(found) == set(files)
+    # Fetched from the store into the later job's own scratch folder, never read in place.
+    assert all(path.is_relative_to(root / later) for path in found.values())
+    assert {name: path.read_text() for name, path in found.items()} == {
+        "trained": f"weights of {first}",
+        "metrics": '{"accuracy": 0.9}',
+    }
     assert _cache(sessions, tenant, first, root).lookup(KEY) is None  # never its own rows
     assert _cache(sessions, other_tenant, stranger, root).lookup(KEY) is None
 
@@ -91,12 +104,14 @@ def test_second_publisher_keeps_the_first(
 
 
 def test_deleted_file_misses_and_frees_the_key(
-    sessions: Sessions, tenant: Tenant, spec: JobSpec, root: Path
+    sessions: Sessions, tenant: Tenant, spec: JobSpec, root: Path, store: LocalArtifactStore
 ) -> None:
     first, second, later = (_job(sessions, tenant, spec) for _ in range(3))
     files = _training(root, first)
     _cache(sessions, tenant, first, root).publish(KEY, files)
-    files["metrics"].unlink()
+    files["metrics"].unlink()  # the scratch copy is not what counts: the store's is
+    assert _cache(sessions, tenant, later, root).lookup(KEY) is not None
+    store.delete(f"{first}/rounds/0/metrics.json")
 
     assert _cache(sessions, tenant, later, root).lookup(KEY) is None
     # The dead entry is gone, so the next job to finish that training can publish it.
@@ -106,11 +121,11 @@ def test_deleted_file_misses_and_frees_the_key(
 
 
 def test_a_directory_is_not_a_file(
-    sessions: Sessions, tenant: Tenant, spec: JobSpec, root: Path
+    sessions: Sessions, tenant: Tenant, spec: JobSpec, root: Path, store: LocalArtifactStore
 ) -> None:
     first, later = _job(sessions, tenant, spec), _job(sessions, tenant, spec)
     _cache(sessions, tenant, first, root).publish(KEY, _training(root, first))
-    trained = root / first / "rounds" / "0" / "trained.safetensors"
+    trained = store.root / first / "rounds" / "0" / "trained.safetensors"
     trained.unlink()
     trained.mkdir()
     assert _cache(sessions, tenant, later, root).lookup(KEY) is None
@@ -128,13 +143,19 @@ def test_a_directory_is_not_a_file(
     ],
 )
 def test_recorded_paths_never_leave_the_jobs_folder(
-    sessions: Sessions, tenant: Tenant, spec: JobSpec, root: Path, recorded: str
+    sessions: Sessions,
+    tenant: Tenant,
+    spec: JobSpec,
+    root: Path,
+    store: LocalArtifactStore,
+    recorded: str,
 ) -> None:
     first, neighbour, later = (_job(sessions, tenant, spec) for _ in range(3))
-    _training(root, first)
-    _training(root, neighbour)
+    for job_id in (first, neighbour):
+        for path in _training(root, job_id).values():
+            store.put_file(path.relative_to(root).as_posix(), path)
     outside = _write(root.parent / "outside.txt", "secret")
-    (root / first / "link-out").symlink_to(outside)
+    (store.root / first / "link-out").symlink_to(outside)
     path = recorded.format(first=first, neighbour=neighbour)
     with sessions.begin() as session:
         good = f"{first}/rounds/0/metrics.json"
@@ -142,6 +163,11 @@ def test_recorded_paths_never_leave_the_jobs_folder(
             session, tenant.id, KEY, first, {"metrics": good, "trained": path}
         )
     assert _cache(sessions, tenant, later, root).lookup(KEY) is None
+    with sessions.begin() as session:  # the same row with a good path is found: the test can fail
+        reuse.forget_training(session, tenant.id, KEY, first)
+        trained = f"{first}/rounds/0/trained.safetensors"
+        reuse.record_training(session, tenant.id, KEY, first, {"metrics": good, "trained": trained})
+    assert _cache(sessions, tenant, later, root).lookup(KEY) is not None
 
 
 def test_a_job_id_that_is_a_path_is_refused(
@@ -205,7 +231,10 @@ def test_a_broken_database_is_a_miss(
     )
     engine = make_engine(url)
     try:
-        cache = StoreTrainingCache(make_sessionmaker(engine), "ten_x", "job_x", root)
+        publisher = RunPublisher(
+            LocalArtifactStore(tmp_path / "artifacts"), "job_x", root / "job_x"
+        )
+        cache = StoreTrainingCache(make_sessionmaker(engine), "ten_x", publisher)
         files = _training(root, "job_x")
         with caplog.at_level(logging.WARNING, logger="worker.training_cache"):
             assert cache.lookup(KEY) is None
