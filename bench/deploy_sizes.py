@@ -13,7 +13,6 @@ Run: ``python -m bench.deploy_sizes``.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from api_schemas.sparse_tensors import DENSE, layout
 from api_schemas.spec import LayerRates, ModelSpec
 from bench.common import write_result
 from worker.engine.artifacts import load_sparse_state, save_sparse_state
@@ -44,12 +44,10 @@ TARGETS = {0.107: 0.15, 0.036: 0.06}
 
 
 def encodings(path: Path) -> dict[str, int]:
-    """How many tensors of a compact file use each encoding."""
+    """How many pruned tensors of a (version 2) compact file use each encoding."""
     with safe_open(str(path), framework="numpy") as handle:
-        metadata = handle.metadata() or {}
-    kinds = Counter(
-        json.loads(text)["encoding"] for key, text in metadata.items() if key.startswith("tensor:")
-    )
+        metadata = handle.metadata()
+    kinds = Counter(entry.encoding for entry in layout(metadata) if entry.encoding != DENSE)
     return dict(sorted(kinds.items()))
 
 
