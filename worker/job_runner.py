@@ -167,11 +167,11 @@ class JobRunner:
             log.info("job %s: fetched %d files of its run from the store", job_id, fetched)
         shared.publisher = publisher
         try:
-            spec, model_files = self._resolve_models(tenant_id, spec)
+            models = self._uploaded_models(tenant_id, spec)
             run = IMPRun(
                 spec,
                 scratch,
-                self._data_config(tenant_id, model_files),
+                self._data_config(tenant_id, models),
                 on_progress=lambda p: self._on_progress(job_id, p, shared),
                 should_stop=lambda: shared.cancel or shared.lost or shared.released(),
                 poll_seconds=min(self.settings.heartbeat_seconds, 1.0),
@@ -312,15 +312,15 @@ class JobRunner:
                 f"service allows at most {self.settings.max_steps_per_job:,}"
             )
 
-    def _resolve_models(self, tenant_id: str, spec: JobSpec) -> tuple[JobSpec, tuple[Path, ...]]:
-        """``model://<id>`` in ``model.uri`` (ONNX) and ``model.weights`` (safetensors) becomes
-        the tenant's file, since the engine reads paths; a path in ``model.uri`` is confined to
-        the data roots as at submission. Returns the spec the engine runs and the upload files
-        it may read."""
+    def _uploaded_models(self, tenant_id: str, spec: JobSpec) -> dict[str, Path]:
+        """The local, verified files of the tenant's uploads the spec names as ``model://<id>``
+        (``model.uri``: ONNX, ``model.weights``: safetensors), by that location. The spec itself
+        keeps ``model://<id>``: its hash, reuse keys and ``spec.json`` are the same on every
+        host. A path in ``model.uri`` is confined to the data roots as at submission."""
         from api_schemas.confine import PathRefusedError, confine
         from worker.engine.errors import DataError
 
-        changes: dict[str, str] = {}
+        files: dict[str, Path] = {}
         for name, kind in (("uri", "onnx"), ("weights", "safetensors")):
             location = getattr(spec.model, name)
             if location is None or model_id_from_uri(location) is None:
@@ -335,14 +335,10 @@ class JobRunner:
                 row = get_model_by_uri(session, tenant_id, location)
             if row is None or row.format != kind:  # deleted since submission
                 raise DataError(f"model.{name}: {location} is not one of your {kind} uploads")
-            changes[name] = str(self._fetch_upload(f"model.{name}", row.path, row.sha256))
-        if not changes:
-            return spec, ()
-        model = spec.model.model_copy(update=changes)
-        files = tuple(Path(path) for path in changes.values())
-        return spec.model_copy(update={"model": model}), files
+            files[location] = self._fetch_upload(f"model.{name}", row.path, row.sha256)
+        return files
 
-    def _data_config(self, tenant_id: str, model_files: tuple[Path, ...] = ()) -> Any:
+    def _data_config(self, tenant_id: str, models: dict[str, Path]) -> Any:
         from worker.engine.data import DataConfig
         from worker.engine.errors import DataError
 
@@ -354,12 +350,12 @@ class JobRunner:
             return self._fetch_upload(f"dataset://{dataset_id}", row.path, row.sha256)
 
         return DataConfig(
-            roots=(*self.settings.data_roots, *model_files),
+            roots=tuple(self.settings.data_roots),
+            models=models,
             download=self.settings.allow_download,
             torchvision_root=self.settings.home / "torchvision",
             uploads=upload,
-            # The cache holds the uploads this job may read (as roots); the rest stays out.
-            excluded=tuple(r for r in self.settings.private_roots if r != self.settings.cache_root),
+            excluded=tuple(self.settings.private_roots),
         )
 
     def _fetch_upload(self, what: str, location: str, sha256: str) -> Path:

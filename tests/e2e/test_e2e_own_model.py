@@ -46,13 +46,16 @@ def test_an_uploaded_cnn_and_uploaded_weights_are_pruned(
             response = client.post("/v1/jobs", json=spec)
             assert response.status_code == 202, response.text
             jobs.append(response.json()["id"])
-        for job_id in jobs:
+        for job_id, model in zip(jobs, specs, strict=True):
             job = wait_for(client, job_id, TERMINAL, timeout=300)
             assert job["status"] == "succeeded", (job, embedded.log_tail())
             assert job["result"]["rounds_completed"] == 2
             rounds = client.get(f"/v1/jobs/{job_id}/rounds").json()
             densities = [r["density"] for r in rounds]
             assert len(densities) == 3 and densities[0] == 1.0 > densities[1] > densities[2]
+            # The run records the upload by its id, not by where a worker cached it.
+            stored = client.get(f"/v1/jobs/{job_id}/artifacts/spec.json").json()["model"]
+            assert {k: stored.get(k) for k in model} == model
         own = jobs[0]
         _check_ticket_and_onnx_come_back(embedded, own, tmp_path / "downloads")
 

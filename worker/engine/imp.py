@@ -204,6 +204,8 @@ class IMPRun:
         """The weights file, parsed and confined by the same function as at submission (so
         both read the same path), never in the upload area; it must exist."""
         config = self.data_config
+        if weights in config.models:  # an upload the service fetched and checked
+            return config.models[weights]
         return resolve_location(weights, config.roots, config.excluded, field="model.weights")
 
     def _lengths(self, ipe: int) -> _Lengths:
@@ -235,9 +237,10 @@ class IMPRun:
     def _new_model(self, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         shape, classes = self.dataset.input_shape, self.dataset.num_classes
-        return build_model(self.spec.model, shape, classes, max_parameters=self.max_parameters).to(
-            self.device
-        )
+        spec = self.spec.model
+        if spec.uri is not None and spec.uri in self.data_config.models:  # an uploaded model
+            spec = spec.model_copy(update={"uri": str(self.data_config.models[spec.uri])})
+        return build_model(spec, shape, classes, max_parameters=self.max_parameters).to(self.device)
 
     def _state(self, path: Path) -> dict[str, Tensor]:
         return load_tensors(path, self.device)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -21,6 +21,7 @@ class DataConfig:
     never make the worker read files it was not meant to. ``uploads`` maps ``dataset://<id>`` to
     the uploaded file; only the service knows where uploads live. ``excluded`` are areas inside
     the roots a spec may not name by path (the upload area, whose files belong to tenants).
+    ``models`` maps the ``model://<id>`` locations of the spec to their files.
     """
 
     roots: tuple[Path, ...]
@@ -28,6 +29,8 @@ class DataConfig:
     torchvision_root: Path | None = None
     uploads: Callable[[str], Path] | None = None
     excluded: tuple[Path, ...] = ()
+    #: Local files of ``model://<id>`` locations in the spec (uploads the service fetched).
+    models: Mapping[str, Path] = field(default_factory=dict)
 
 
 class BatchSource(Protocol):
