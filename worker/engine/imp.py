@@ -186,6 +186,7 @@ class IMPRun:
         self._round_seconds: dict[int, float] = {}  # training time of each round, this call
         self._lock = threading.Lock()  # lanes report and count from their own threads
         self._partial: dict[int, float] = {}  # trainings done so far by each running stack
+        self._fraction = 0.0  # the last fraction reported
 
     # ---- set-up -------------------------------------------------------------------------------
 
@@ -706,6 +707,10 @@ class IMPRun:
             return
         with self._lock:
             done = self._trainings_done + sum(self._partial.values())
+            # Lanes' shares are summed in whatever order they finished: never let an ulp of
+            # rounding make the fraction step back.
+            fraction = max(self._fraction, min(done / self.trainings_total, 1.0))
+            self._fraction = fraction
         self.on_progress(
             Progress(
                 round=k,
@@ -713,7 +718,7 @@ class IMPRun:
                 variant=variant,
                 step=step,
                 steps_total=plan.end,
-                fraction=min(done / self.trainings_total, 1.0),
+                fraction=fraction,
                 metrics=metrics,
                 event=event,
                 info=info or {},
