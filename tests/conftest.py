@@ -126,26 +126,37 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
-@pytest.fixture
-def s3_env(s3_endpoint: str) -> dict[str, str]:
-    """``LTH_*`` settings of a fresh, empty bucket on the S3 server, under a prefix."""
+def new_bucket_env(endpoint: str) -> dict[str, str]:
+    """``LTH_*`` settings of a fresh, empty bucket on the S3 server at ``endpoint``, under a
+    prefix."""
     import boto3
 
     bucket = f"lth-{uuid.uuid4().hex[:12]}"
     boto3.client(
         "s3",
-        endpoint_url=s3_endpoint,
+        endpoint_url=endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
     ).create_bucket(Bucket=bucket)
     return {
         "LTH_ARTIFACT_URL": f"s3://{bucket}/runs",
-        "LTH_S3_ENDPOINT_URL": s3_endpoint,
+        "LTH_S3_ENDPOINT_URL": endpoint,
         "LTH_S3_ACCESS_KEY_ID": "test",
         "LTH_S3_SECRET_ACCESS_KEY": "test",
         "LTH_S3_REGION": "us-east-1",
     }
+
+
+def settings_fields(env: dict[str, str]) -> dict[str, str]:
+    """``LTH_*`` variables as ``Settings`` keyword arguments."""
+    return {key.removeprefix("LTH_").lower(): value for key, value in env.items()}
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str) -> dict[str, str]:
+    """``LTH_*`` settings of a fresh, empty bucket on the S3 server, under a prefix."""
+    return new_bucket_env(s3_endpoint)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ read them back over HTTP, so every route is checked against both stores.
 from __future__ import annotations
 
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 from service.state import state_of
 from store.artifact_store import ArtifactStore, LocalArtifactStore
 from store.artifact_store.s3 import S3ArtifactStore
+from tests.conftest import new_bucket_env, settings_fields
 from tests.service.conftest import LiveService, ServiceFactory
 
 KINDS = ["local", "s3"]
@@ -24,23 +24,7 @@ KINDS = ["local", "s3"]
 
 def bucket_settings(endpoint: str) -> dict[str, Any]:
     """Settings fields of a fresh, empty bucket on the S3 server, under a prefix."""
-    import boto3
-
-    bucket = f"lth-{uuid.uuid4().hex[:12]}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ).create_bucket(Bucket=bucket)
-    return {
-        "artifact_url": f"s3://{bucket}/runs",
-        "s3_endpoint_url": endpoint,
-        "s3_access_key_id": "test",
-        "s3_secret_access_key": "test",
-        "s3_region": "us-east-1",
-    }
+    return dict(settings_fields(new_bucket_env(endpoint)))
 
 
 @dataclass

@@ -17,6 +17,7 @@ from store.artifact_store import (
     open_artifact_store,
 )
 from store.settings import Settings
+from tests.conftest import settings_fields
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -25,11 +26,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArtifactSt
         yield open_artifact_store(Settings(home=tmp_path / "home"))
         return
     env = request.getfixturevalue("s3_env")
-    yield open_artifact_store(Settings(home=tmp_path / "home", **_fields(env)))
-
-
-def _fields(env: dict[str, str]) -> dict[str, str]:
-    return {key.removeprefix("LTH_").lower(): value for key, value in env.items()}
+    yield open_artifact_store(Settings(home=tmp_path / "home", **settings_fields(env)))
 
 
 def _file(tmp_path: Path, name: str, data: bytes) -> Path:

@@ -20,6 +20,7 @@ from store.retention import Retention, delete_job_rows, expired_jobs, purge_job
 from store.reuse import find_training, record_training
 from store.settings import Settings
 from store.tables import EventRow, JobRow, ReusableTraining, Tenant, utcnow
+from tests.conftest import settings_fields
 
 Sessions = sessionmaker[Session]
 DAY = timedelta(days=1)
@@ -30,7 +31,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArtifactSt
     fields: dict[str, str] = {}
     if request.param == "s3":
         env: dict[str, str] = request.getfixturevalue("s3_env")
-        fields = {key.removeprefix("LTH_").lower(): value for key, value in env.items()}
+        fields = settings_fields(env)
     yield open_artifact_store(Settings(home=tmp_path / "home", **fields))
 
 

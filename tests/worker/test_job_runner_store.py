@@ -21,6 +21,7 @@ from store.db import make_engine, make_sessionmaker, migrate
 from store.jobs import create_job, load_job
 from store.settings import Settings
 from store.tenants import ensure_tenant
+from tests.conftest import settings_fields
 from worker.job_runner import JobRunner
 
 DATA = "synthetic://?classes=3&shape=1,6,6&train=300&test=90&noise=1.0"
@@ -39,7 +40,7 @@ def _spec(steps: str) -> JobSpec:
 
 
 def _settings(tmp_path: Path, s3_env: dict[str, str]) -> Settings:
-    fields = {key.removeprefix("LTH_").lower(): value for key, value in s3_env.items()}
+    fields = settings_fields(s3_env)
     return Settings(home=tmp_path / "home", torch_threads=1, artifact_sync_seconds=0.2, **fields)
 
 

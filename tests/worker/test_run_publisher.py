@@ -10,6 +10,7 @@ import pytest
 
 from store.artifact_store import ArtifactStore, LocalArtifactStore, open_artifact_store
 from store.settings import Settings
+from tests.conftest import settings_fields
 from worker.run_publisher import RunPublisher
 
 JOB = "job_0123456789abcdefghjkmnpqrs"
@@ -89,8 +90,7 @@ def test_a_worker_that_lost_its_job_publishes_nothing(store: ArtifactStore, tmp_
 
 
 def test_fetch_brings_another_hosts_run(tmp_path: Path, s3_env: dict[str, str]) -> None:
-    fields = {key.removeprefix("LTH_").lower(): value for key, value in s3_env.items()}
-    store = open_artifact_store(Settings(home=tmp_path, **fields))
+    store = open_artifact_store(Settings(home=tmp_path, **settings_fields(s3_env)))
     first = RunPublisher(store, JOB, tmp_path / "host-a" / JOB / "1")
     _write(first.folder / "state/init.safetensors", b"init")
     _write(first.folder / "rounds/1/checkpoint.safetensors", b"step 3000")
