@@ -8,6 +8,9 @@ PYTHON ?= python3
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Test processes of `make test` (pytest-xdist; each file runs whole in one of them). At most 3:
+# each takes a band of five Redis databases (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 .PHONY: install lint typecheck unit e2e test bench demo clean
 
@@ -34,7 +37,7 @@ e2e: install
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 test: lint typecheck
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/lth demo

@@ -23,6 +23,8 @@ from datetime import timedelta
 import click
 
 log = logging.getLogger("lth.serve")
+#: How long ``lth serve`` waits for its worker to hand its jobs back and exit on shutdown.
+STOP_TIMEOUT_S = 30.0
 
 
 class WorkerSupervisor:
@@ -64,8 +66,9 @@ class WorkerSupervisor:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                log.warning("the worker did not stop within %.0f s; killing it", STOP_TIMEOUT_S)
                 self.process.kill()
         self._thread.join(timeout=5)
 

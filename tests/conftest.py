@@ -21,6 +21,9 @@ import pytest
 
 REQUIRE_SERVICES = os.environ.get("LTH_REQUIRE_SERVICES", "") not in ("", "0", "false")
 REDIS_URL = os.environ.get("LTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+#: Redis databases each test process may use (``redis_db``): pytest-xdist's workers take bands
+#: counting down from REDIS_URL's database, so parallel tests never flush each other's queues.
+REDIS_DBS_PER_WORKER = 5
 RABBITMQ_URL = os.environ.get("LTH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 POSTGRES_URL = os.environ.get(
     "LTH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -57,11 +60,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.unit)
 
 
+def redis_db(url: str, slot: int) -> str:
+    """``url`` with the ``slot``-th database of its test process's band (0: ``url`` itself)."""
+    if not 0 <= slot < REDIS_DBS_PER_WORKER:
+        raise ValueError(f"slot {slot} is outside 0..{REDIS_DBS_PER_WORKER - 1}")
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) - slot}"
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """A Redis database for tests (db 15 by default); flushed by the tests that use it."""
+    """A Redis database for tests (db 15 by default, 10 for xdist's second worker, ...);
+    flushed by the tests that use it. ``redis_db(redis_url, n)`` names the band's others."""
     require(_reachable(REDIS_URL, 6379), f"Redis is not reachable at {REDIS_URL}")
-    return REDIS_URL
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    base, _, db = REDIS_URL.rpartition("/")
+    index = int(db or 0) - REDIS_DBS_PER_WORKER * worker
+    if index - REDIS_DBS_PER_WORKER + 1 < 0:
+        raise RuntimeError(f"Redis has no databases left for xdist worker {worker}")
+    return f"{base}/{index}"
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,13 @@ jobs back to the queue instead of holding the shutdown hostage or dying mid-roun
 Celery's warm shutdown waits for running tasks to end, and a pruning job may run for hours. So
 the parent forwards the SIGTERM to its pool processes, and the process running a job catches it
 while the job runs: the engine stops at its next poll (it has checkpoints to resume from), and
-the job runner releases the job to the queue for any worker to resume. Outside a job the pool
-process keeps Celery's own handler.
+the job runner releases the job to the queue for any worker to resume.
+
+Outside a job a pool process ignores SIGTERM (as Celery's own ``REMAP_SIGTERM`` mode has it) and
+leaves when the parent's shutdown tells it to. An idle pool process waits on the pool's task
+queue holding that queue's lock; killed there (by a forwarded signal, or by ``kill`` of the whole
+process group as systemd and ``docker stop`` of an ``lth serve`` container do), it would leave
+the lock taken, and the parent's shutdown would wait on it until something SIGKILLed it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_process_init, worker_shutting_down
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +50,17 @@ def sigterm_requested() -> Iterator[Callable[[], bool]]:
             log.info("SIGTERM received while running a job: the job was handed back")
 
 
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _ignore_sigterm_while_idle(**_: Any) -> None:
+    """In a new pool process: SIGTERM means nothing until a job runs (see the module)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]
 def _forward_to_pool(sig: str | None = None, **_: Any) -> None:
-    """In the Celery parent: tell each pool process that the worker is stopping. A second
-    SIGTERM (or SIGQUIT) is still Celery's cold shutdown."""
+    """In the Celery parent: tell each pool process that the worker is stopping (those running
+    a job hand it back; idle ones ignore it). A second SIGTERM (or SIGQUIT) is still Celery's
+    cold shutdown."""
     import billiard
 
     for child in billiard.active_children():

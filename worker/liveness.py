@@ -21,6 +21,9 @@ from store.workers import worker_seen, worker_stopped
 
 log = logging.getLogger(__name__)
 EVERY_S = 5.0
+#: After a failed write, the first retry comes this soon (doubling up to ``EVERY_S``): a worker
+#: started beside an API that is still migrating the database reports in as soon as it can.
+RETRY_FIRST_S = 0.2
 
 _stop = threading.Event()
 
@@ -41,7 +44,9 @@ def _pool_size(consumer: Any, settings: Settings) -> int:
 def _loop(settings: Settings, name: str, concurrency: int) -> None:
     sessions = make_sessionmaker(make_engine(settings.database_url))
     hostname, pid = socket.gethostname(), os.getpid()
+    retry_s = RETRY_FIRST_S
     while True:
+        wait_s = EVERY_S
         try:
             with sessions.begin() as session:
                 worker_seen(
@@ -52,9 +57,11 @@ def _loop(settings: Settings, name: str, concurrency: int) -> None:
                     device=_device(),
                     concurrency=concurrency,
                 )
-        except Exception:  # the database may be away for a moment; keep trying
+            retry_s = RETRY_FIRST_S
+        except Exception:  # the database may be away for a moment (or not migrated yet)
             log.warning("could not record worker liveness", exc_info=True)
-        if _stop.wait(EVERY_S):
+            wait_s, retry_s = retry_s, min(2 * retry_s, EVERY_S)
+        if _stop.wait(wait_s):
             break
     try:
         with sessions.begin() as session:

@@ -27,7 +27,9 @@ from pathlib import Path
 
 from store.artifact_store import ArtifactStore, file_sha256, is_hidden
 
-_CLOCK_MARGIN_NS = 100_000_000
+#: How far file times may lag the clock: a few kernel ticks (1-4 ms each). Not more: a
+#: checkpoint rewritten more often than this would never look old enough to publish.
+_CLOCK_MARGIN_NS = 20_000_000
 
 
 class RunPublisher:

@@ -72,7 +72,8 @@ def jobs_table(jobs: Iterable[Job]) -> Table:
     """One row per job."""
     table = Table(show_edge=False)
     for column in ("id", "status", "name", "created", "progress / result"):
-        table.add_column(column, overflow="fold")
+        # An id stays whole on narrow terminals and in pipes (80 columns): it is copied.
+        table.add_column(column, overflow="fold", no_wrap=column == "id")
     for job in jobs:
         _row(
             table,
@@ -161,7 +162,8 @@ def datasets_table(datasets: Iterable[Dataset]) -> Table:
     """One row per dataset."""
     table = Table(show_edge=False)
     for column in ("id", "name", "format", "train", "test", "shape", "classes", "size"):
-        table.add_column(column, overflow="fold")
+        # An id stays whole on narrow terminals and in pipes (80 columns): it is copied.
+        table.add_column(column, overflow="fold", no_wrap=column == "id")
     for d in datasets:
         _row(
             table,

@@ -81,14 +81,21 @@ class Server:
         return run_cli(*args, url=self.url, api_key=api_key, timeout=timeout)
 
     def cli_process(self, *args: str) -> subprocess.Popen[str]:
-        """Start ``lth ARGS`` against this server without waiting for it."""
+        """Start ``lth ARGS`` against this server without waiting for it. Ctrl-C reaches it
+        as it would from a terminal, even when the tests themselves run with SIGINT ignored
+        (a background job of a non-interactive shell is started so, and passes that on)."""
         return subprocess.Popen(
             cli_argv(*args),
             env=cli_env(self.url, None),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_default_sigint,
         )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_argv(*args: str) -> list[str]:

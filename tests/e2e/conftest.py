@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import redis_db
 from tests.e2e.deployments import LTH, WEBHOOK_SECRET, Deployment, base_env, free_port
 
 
@@ -15,7 +16,7 @@ def production(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[De
     """PostgreSQL + Redis, the API and one worker as separate processes, auth on."""
     import redis
 
-    broker = redis_url.rsplit("/", 1)[0] + "/14"
+    broker = redis_db(redis_url, 1)
     redis.Redis.from_url(broker).flushdb()
     yield from _deployment(tmp_path, postgres_url, broker)
 

@@ -12,6 +12,7 @@ import pytest
 
 from store.db import make_engine, make_sessionmaker
 from store.workers import live_workers
+from tests.conftest import redis_db
 from tests.e2e.deployments import LTH, SMALL_SPEC, TERMINAL, Deployment, base_env, free_port
 from tests.e2e.test_e2e_service import submit
 from worker.cores import usable_cores
@@ -26,7 +27,7 @@ def two_slots(tmp_path: Path, postgres_url: str, redis_url: str) -> Iterator[Dep
     """PostgreSQL + Redis, the API, and one worker started with ``--concurrency 2``."""
     import redis
 
-    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    broker = redis_db(redis_url, 2)
     redis.Redis.from_url(broker).flushdb()
     port = free_port()
     env = base_env(tmp_path, port) | {

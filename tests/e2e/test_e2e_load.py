@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from bench import load
+from tests.conftest import redis_db
 
 pytestmark = pytest.mark.e2e
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.e2e
 def test_pollers_and_a_burst_lose_nothing(
     postgres_server_url: str, redis_url: str, fashion_mnist_dir: object
 ) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    broker = redis_db(redis_url, 2)
     argv = ["--clients", "40", "--seconds", "5", "--burst", "150", "--no-write"]
     result = load.main([*argv, "--database-url", postgres_server_url, "--broker-url", broker])
     assert result["polling"]["errors"] == {} and result["polling"]["requests"] > 40

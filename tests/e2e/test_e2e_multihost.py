@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import httpx
 import pytest
 
 from client.sdk import Client
+from store.artifact_store import open_artifact_store
+from store.settings import Settings
+from tests.conftest import redis_db, settings_fields
 from tests.e2e.deployments import (
     LTH,
     SMALL_SPEC,
@@ -34,7 +38,7 @@ pytestmark = pytest.mark.e2e
 
 LONG = {
     **SMALL_SPEC,
-    "training": {**SMALL_SPEC["training"], "steps": "1000it", "checkpoint_every": "100it"},
+    "training": {**SMALL_SPEC["training"], "steps": "1500it", "checkpoint_every": "250it"},
 }
 
 
@@ -46,7 +50,7 @@ def hosts(
     second item) and two workers, each with a home of its own."""
     import redis
 
-    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    broker = redis_db(redis_url, 2)
     redis.Redis.from_url(broker).flushdb()
     port = free_port()
     env = (
@@ -57,7 +61,7 @@ def hosts(
             "LTH_BROKER_URL": broker,
             "LTH_AUTH": "enabled",
             "LTH_TORCH_THREADS": "1",  # same arithmetic on every host: bit-identical results
-            "LTH_ARTIFACT_SYNC_SECONDS": "1",
+            "LTH_ARTIFACT_SYNC_SECONDS": "0.5",
         }
     )
     deployment = Deployment(url=f"http://127.0.0.1:{port}", env=env, home=tmp_path)
@@ -124,6 +128,19 @@ def _artifacts(client: httpx.Client, job_id: str) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in listed.json()["data"]}
 
 
+def _wait_for_stored_checkpoint(
+    env: dict[str, str], job_id: str, *, round: int, timeout: float = 60
+) -> None:
+    store = open_artifact_store(Settings(**settings_fields(env)))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = [item.key for item in store.list(f"{job_id}/rounds/{round}/")]
+        if any(n.endswith("/checkpoint.safetensors") or "/stack-" in n for n in names):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no checkpoint of round {round} of {job_id} reached the store")
+
+
 def _untimed(value: Any) -> Any:
     """Results without their wall-clock times, the one thing a resumed run changes."""
     if isinstance(value, dict):
@@ -150,7 +167,10 @@ def test_a_job_killed_on_one_host_resumes_on_the_other_from_the_store(
             _submit(client_b, {**SMALL_SPEC, "seed": 8}),
         ]
         wait_for(client_a, victim, {"running"}, timeout=90)
-        wait_for_progress(client_a, victim, round=1, step=500)
+        wait_for_progress(client_a, victim, round=1, step=0)
+        # Killed once the store holds a round-1 checkpoint: the other host can only resume
+        # from what reached the store.
+        _wait_for_stored_checkpoint(deployment.env, victim, round=1)
         (first_host,) = _workers(client_a, victim)
         deployment.kill(f"worker-{first_host.removeprefix('host-')}")
 
@@ -168,7 +188,7 @@ def test_a_job_killed_on_one_host_resumes_on_the_other_from_the_store(
         events = _events(client_a, victim)
         resumed = next(e["id"] for e in events if e["data"].get("resumed"))
         after = [e for e in events if e["id"] > resumed and e["type"] == "progress"]
-        assert after[0]["data"]["round"] == 1 and after[0]["data"]["step"] >= 100, after[0]
+        assert after[0]["data"]["round"] == 1 and after[0]["data"]["step"] >= 250, after[0]
         assert [e["data"]["round"] for e in events if e["type"] == "round"] == [0, 1, 2]
 
         # ... and ended where the uninterrupted twin did, bit for bit.

@@ -19,6 +19,7 @@ import pytest
 from store.db import make_engine, make_sessionmaker
 from store.queue import ANY_QUEUE, CPU_QUEUE, GPU_QUEUE
 from store.tables import JobRow
+from tests.conftest import redis_db
 from tests.e2e.deployments import (
     LTH,
     SMALL_SPEC,
@@ -50,7 +51,7 @@ def submit(client: httpx.Client, device: str) -> str:
 def redis_broker(redis_url: str) -> str:
     import redis
 
-    broker = redis_url.rsplit("/", 1)[0] + "/11"
+    broker = redis_db(redis_url, 4)
     redis.Redis.from_url(broker).flushdb()
     return broker
 

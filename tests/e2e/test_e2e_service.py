@@ -279,6 +279,9 @@ def test_sigterm_stops_lth_serve_and_the_worker_it_supervises(embedded: Deployme
     while (alive := [pid for pid in supervised if _running(pid)]) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert alive == [], embedded.log_tail()
+    # ... of its own accord: an idle pool process killed while it held the pool's queue lock
+    # used to leave the worker's shutdown waiting until the supervisor killed it.
+    assert "did not stop" not in embedded.logs["serve"].read_text(), embedded.log_tail()
 
 
 def _running(pid: int) -> bool:

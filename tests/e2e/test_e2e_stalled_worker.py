@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import redis_db
 from tests.e2e.conftest import _deployment
 from tests.e2e.deployments import SMALL_SPEC, TERMINAL, Deployment, wait_for
 from tests.e2e.test_e2e_service import children
@@ -27,7 +28,7 @@ def deployment(
 ) -> Iterator[Deployment]:
     import redis
 
-    broker = redis_url.rsplit("/", 1)[0] + "/12"
+    broker = redis_db(redis_url, 3)
     redis.Redis.from_url(broker).flushdb()
     extra = {"LTH_MAX_ATTEMPTS": str(request.param), "LTH_WORKER_CONCURRENCY": "1"}
     yield from _deployment(tmp_path, postgres_url, broker, extra)
