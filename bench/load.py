@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 import uuid
 from collections import Counter
@@ -62,6 +63,21 @@ def fresh_schema(url: str) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
         engine.dispose()
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage collection in the load generator while it measures: a full collection of
+    its 200 clients' objects would stall them all, and the stall would count as the server's
+    latency. (The service freezes its start-up objects for the same reason; see ``lth serve``.)"""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -177,7 +193,8 @@ async def measure(
             spec = lenet_spec(steps=50_000, rounds=2, controls=[], seed=seed)
             training.append((await client.post("/v1/jobs", json=spec)).json()["id"])
         await wait_running(client, training, timeout=180)
-        polled = await poll(client, training, seconds, clients, interval)
+        with collector_paused():
+            polled = await poll(client, training, seconds, clients, interval)
         burst_result = await burst(client, count)
         jobs = await listed_jobs(client)
         for job_id in training:

@@ -29,13 +29,19 @@ def _session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def _settings(request: Request) -> Settings:
+# Dependencies without I/O are ``async``: FastAPI runs a plain ``def`` one in the thread pool,
+# a trip that costs more than the lookup and waits for a thread when the API is busy.
+async def _settings(request: Request) -> Settings:
     return get_state(request).settings
+
+
+async def _state(request: Request) -> ServiceState:
+    return get_state(request)
 
 
 SessionDep = Annotated[Session, Depends(_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(_settings)]
-StateDep = Annotated[ServiceState, Depends(get_state)]
+StateDep = Annotated[ServiceState, Depends(_state)]
 
 
 def _unauthorized(detail: str, error: str | None) -> ProblemError:

@@ -43,6 +43,7 @@ from store.models import get_model_by_uri, model_id_from_uri
 from store.settings import Settings
 from store.webhooks import notify_completion
 from worker.handoff import sigterm_requested
+from worker.priority import restore_for_bookkeeping
 from worker.run_publisher import RunPublisher
 
 log = logging.getLogger(__name__)
@@ -424,6 +425,7 @@ class JobRunner:
     def _heartbeat_loop(
         self, job_id: str, attempt: int, shared: _Shared, stop: threading.Event
     ) -> None:
+        restore_for_bookkeeping()  # heartbeats must not wait for idle CPU time
         while not stop.wait(self.settings.heartbeat_seconds):
             self._beat(job_id, attempt, shared)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import Any
 
@@ -11,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store.db import make_engine, make_sessionmaker
 from store.queue import TASK_NAME
 from worker.celery_app import celery_app, settings
+from worker.priority import lower_for_training
 
 
 @cache
@@ -19,19 +19,11 @@ def _sessions() -> sessionmaker[Session]:
     return make_sessionmaker(make_engine(settings.database_url))
 
 
-def _lower_priority(niceness: int) -> None:
-    """Run at ``niceness`` (never raising the priority it has). The process runs this one job
-    (``worker_max_tasks_per_child = 1``), so nothing else of the worker is slowed."""
-    current = os.nice(0)
-    if current < niceness:
-        os.nice(niceness - current)
-
-
 @celery_app.task(name=TASK_NAME, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
 def run_job(self: Any, job_id: str) -> str:
     """Run (or resume) job ``job_id``; duplicates and stale deliveries do nothing."""
     from worker.job_runner import JobRunner
 
-    _lower_priority(settings.job_nice)
+    lower_for_training(settings.job_nice, sched_idle=settings.job_sched_idle)
     name = settings.worker_name or str(self.request.hostname or "worker")
     return JobRunner(settings, _sessions(), name).run(job_id)

@@ -49,6 +49,16 @@ def test_create_get_and_list(live: Any, spec: Spec) -> None:
         assert job["spec"]["training"]["checkpoint_every"] == "1000it"  # defaults filled in
         assert set(job["urls"]) == {"self", "cancel", "events", "artifacts", "rounds"}
         assert job["urls"]["cancel"] == f"{live.url}/v1/jobs/{job['id']}/cancel"
+        routes = {
+            "self": "get_job",
+            "cancel": "cancel_job",
+            "events": "list_job_events",
+            "artifacts": "list_artifacts",
+            "rounds": "get_rounds",
+        }
+        for link, route in routes.items():  # each link is the path of its route
+            path = live.app.url_path_for(route, job_id=job["id"])
+            assert job["urls"][link] == f"{live.url}{path}", link
         assert job["id"] in live.enqueued
         fetched = client.get(job["urls"]["self"]).json()
         assert fetched == job
