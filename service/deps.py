@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -22,11 +24,18 @@ _bearer = HTTPBearer(
 )
 
 
-def _session(request: Request) -> Iterator[Session]:
+async def _session(request: Request) -> AsyncIterator[Session]:
     # Closed when the endpoint returns, before a streamed body is sent: a session must never
     # hold a transaction (on SQLite: the write lock) for the length of a download or stream.
-    with get_state(request).sessions() as session:
+    # Opening one does no I/O (it connects at its first query), so only the close, which hands
+    # the connection back to the pool, goes through the thread pool; shielded, so that a client
+    # gone mid-request cannot leave the connection checked out.
+    session = get_state(request).sessions()
+    try:
         yield session
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(session.close)
 
 
 # Dependencies without I/O are ``async``: FastAPI runs a plain ``def`` one in the thread pool,
@@ -49,7 +58,7 @@ def _unauthorized(detail: str, error: str | None) -> ProblemError:
     return ProblemError(401, detail, kind="unauthorized", headers={"WWW-Authenticate": challenge})
 
 
-def _current_tenant(
+async def _current_tenant(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -61,11 +70,16 @@ def _current_tenant(
         return state.local_tenant
     if credentials is None:
         raise _unauthorized("Send an API key as `Authorization: Bearer <key>`.", None)
-    tenant = tenant_for_api_key(session, credentials.credentials)
-    # End the lookup's transaction now: the handler may take long (an upload) before it writes.
-    session.commit()
+    tenant = await run_in_threadpool(_tenant_for_key, session, credentials.credentials)
     if tenant is None:
         raise _unauthorized("The API key is unknown or revoked.", "invalid_token")
+    return tenant
+
+
+def _tenant_for_key(session: Session, key: str) -> Tenant | None:
+    tenant = tenant_for_api_key(session, key)
+    # End the lookup's transaction now: the handler may take long (an upload) before it writes.
+    session.commit()
     return tenant
 
 
