@@ -6,11 +6,12 @@ the parent forwards the SIGTERM to its pool processes, and the process running a
 while the job runs: the engine stops at its next poll (it has checkpoints to resume from), and
 the job runner releases the job to the queue for any worker to resume.
 
-Outside a job a pool process ignores SIGTERM (as Celery's own ``REMAP_SIGTERM`` mode has it) and
-leaves when the parent's shutdown tells it to. An idle pool process waits on the pool's task
-queue holding that queue's lock; killed there (by a forwarded signal, or by ``kill`` of the whole
-process group as systemd and ``docker stop`` of an ``lth serve`` container do), it would leave
-the lock taken, and the parent's shutdown would wait on it until something SIGKILLed it.
+An idle pool process ignores SIGTERM (as Celery's own ``REMAP_SIGTERM`` mode has it) and leaves
+when the parent's shutdown tells it to; from the start of a task SIGTERM counts again. Idle, it
+waits on the pool's task queue holding that queue's lock; killed there (by a forwarded signal,
+or by ``kill`` of the whole process group as systemd and ``docker stop`` of an ``lth serve``
+container do), it would leave the lock taken, and the parent's shutdown would wait on it until
+something SIGKILLed it.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def sigterm_requested() -> Iterator[Callable[[], bool]]:
 def _ignore_sigterm_while_idle(**_: Any) -> None:
     """In a new pool process: SIGTERM means nothing until a job runs (see the module)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def sigterm_ends_the_task() -> None:
+    """At the start of a task: SIGTERM ends the process again (until ``sigterm_requested``
+    turns it into a hand-back), so a worker stopping while the job's process still imports
+    the engine does not wait for the whole job; the job is redelivered."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]

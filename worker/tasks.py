@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from store.db import make_engine, make_sessionmaker
 from store.queue import TASK_NAME
 from worker.celery_app import celery_app, settings
+from worker.handoff import sigterm_ends_the_task
 from worker.priority import lower_for_training
 
 
@@ -22,6 +23,7 @@ def _sessions() -> sessionmaker[Session]:
 @celery_app.task(name=TASK_NAME, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
 def run_job(self: Any, job_id: str) -> str:
     """Run (or resume) job ``job_id``; duplicates and stale deliveries do nothing."""
+    sigterm_ends_the_task()
     from worker.job_runner import JobRunner
 
     lower_for_training(settings.job_nice, sched_idle=settings.job_sched_idle)
