@@ -57,11 +57,17 @@ def _ignore_sigterm_while_idle(**_: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def sigterm_ends_the_task() -> None:
-    """At the start of a task: SIGTERM ends the process again (until ``sigterm_requested``
-    turns it into a hand-back), so a worker stopping while the job's process still imports
-    the engine does not wait for the whole job; the job is redelivered."""
+@contextmanager
+def sigterm_ends_the_task() -> Iterator[None]:
+    """Around a task: SIGTERM ends the process again (until ``sigterm_requested`` turns it into
+    a hand-back), so a worker stopping while the job's process still imports the engine does
+    not wait for the whole job (it is redelivered). Ignored again once the task returns: the
+    process then goes back to the pool's queue, where it must not die holding its lock."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 @worker_shutting_down.connect  # type: ignore[untyped-decorator]

@@ -23,9 +23,9 @@ def _sessions() -> sessionmaker[Session]:
 @celery_app.task(name=TASK_NAME, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]
 def run_job(self: Any, job_id: str) -> str:
     """Run (or resume) job ``job_id``; duplicates and stale deliveries do nothing."""
-    sigterm_ends_the_task()
-    from worker.job_runner import JobRunner
+    with sigterm_ends_the_task():
+        from worker.job_runner import JobRunner
 
-    lower_for_training(settings.job_nice, sched_idle=settings.job_sched_idle)
-    name = settings.worker_name or str(self.request.hostname or "worker")
-    return JobRunner(settings, _sessions(), name).run(job_id)
+        lower_for_training(settings.job_nice, sched_idle=settings.job_sched_idle)
+        name = settings.worker_name or str(self.request.hostname or "worker")
+        return JobRunner(settings, _sessions(), name).run(job_id)
