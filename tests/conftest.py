@@ -64,8 +64,16 @@ def redis_db(url: str, slot: int) -> str:
     """``url`` with the ``slot``-th database of its test process's band (0: ``url`` itself)."""
     if not 0 <= slot < REDIS_DBS_PER_WORKER:
         raise ValueError(f"slot {slot} is outside 0..{REDIS_DBS_PER_WORKER - 1}")
+    return _db_below(url, slot)
+
+
+def _db_below(url: str, count: int) -> str:
+    """``url`` with the database ``count`` below its own."""
     base, _, db = url.rpartition("/")
-    return f"{base}/{int(db or 0) - slot}"
+    index = int(db or 0) - count
+    if index < 0:
+        raise RuntimeError(f"Redis has no database {count} below {url}")
+    return f"{base}/{index}"
 
 
 @pytest.fixture(scope="session")
@@ -74,11 +82,9 @@ def redis_url() -> str:
     flushed by the tests that use it. ``redis_db(redis_url, n)`` names the band's others."""
     require(_reachable(REDIS_URL, 6379), f"Redis is not reachable at {REDIS_URL}")
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-    base, _, db = REDIS_URL.rpartition("/")
-    index = int(db or 0) - REDIS_DBS_PER_WORKER * worker
-    if index - REDIS_DBS_PER_WORKER + 1 < 0:
-        raise RuntimeError(f"Redis has no databases left for xdist worker {worker}")
-    return f"{base}/{index}"
+    url = _db_below(REDIS_URL, REDIS_DBS_PER_WORKER * worker)
+    _db_below(url, REDIS_DBS_PER_WORKER - 1)  # the whole band must exist
+    return url
 
 
 @pytest.fixture(scope="session")
