@@ -243,8 +243,8 @@ class Settings(BaseSettings):
         default=True,
         description="Train under Linux's `SCHED_IDLE` policy as well: only on CPU time no other "
         "process wants, preempted at once by the API's requests (niceness alone lets a trainer "
-        "finish its time slice first, a tail of hundreds of milliseconds under load); a job "
-        "alone on its machine still gets every core. Its heartbeats keep the normal policy.",
+        "finish its time slice first); a job alone on its machine still gets every core. Its "
+        "heartbeats keep the normal policy.",
     )
     worker_name: str | None = Field(
         default=None, description="Name a worker reports (default: celery's host name)."

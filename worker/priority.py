@@ -4,7 +4,7 @@ A job's process lowers itself before it trains (``worker_max_tasks_per_child = 1
 one job, so nothing else of the worker is slowed). Niceness alone is not enough beside the API on
 a small machine: the scheduler lets a niced trainer finish its time slice before a request that
 just woke up runs, and a request wakes several times (thread pool, database), so under load the
-slices add up to a tail of hundreds of milliseconds. ``SCHED_IDLE`` (Linux) trains only when no
+waits add up in the API's latency. ``SCHED_IDLE`` (Linux) trains only when no
 other process wants the core, and any other wake-up preempts it at once; on a machine of its own
 the job still gets every core. The job's bookkeeping thread (heartbeats, progress, publishing)
 asks for the normal policy back, at the job's niceness: missing heartbeats on a busy machine
