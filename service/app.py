@@ -24,7 +24,13 @@ from service.routes import reports as report_routes
 from service.settings import Settings
 from service.state import Enqueue, ReadinessCheck, ServiceState, state_of
 from store.artifact_store import LocalArtifactStore, open_artifact_store
-from store.db import make_engine, make_sessionmaker, migrate
+from store.db import (
+    make_engine,
+    make_read_sessionmaker,
+    make_sessionmaker,
+    migrate,
+    reads_autocommit,
+)
 from store.events import round_durations as store_round_durations
 from store.jobs import count_jobs_by_status
 from store.tenants import ensure_tenant
@@ -95,6 +101,8 @@ def create_app(
         settings=settings,
         engine=engine,
         sessions=sessions,
+        read_sessions=make_read_sessionmaker(engine),
+        read_sessions_close_inline=reads_autocommit(engine),
         artifacts=open_artifact_store(settings),
         enqueue=enqueue,
         metrics=Metrics(count_by_status, round_durations),

@@ -24,18 +24,27 @@ _bearer = HTTPBearer(
 )
 
 
+#: Methods whose handlers only read: they get read sessions (no transaction on PostgreSQL).
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
+
 async def _session(request: Request) -> AsyncIterator[Session]:
     # Closed when the endpoint returns, before a streamed body is sent: a session must never
     # hold a transaction (on SQLite: the write lock) for the length of a download or stream.
-    # Opening one does no I/O (it connects at its first query), so only the close, which hands
-    # the connection back to the pool, goes through the thread pool; shielded, so that a client
-    # gone mid-request cannot leave the connection checked out.
-    session = get_state(request).sessions()
+    # Opening one does no I/O (it connects at its first query). Closing one that may roll back
+    # goes through the thread pool, shielded, so that a client gone mid-request cannot leave
+    # the connection checked out; a read session on PostgreSQL has nothing to roll back.
+    state = get_state(request)
+    reads_only = request.method in READ_ONLY_METHODS
+    session = (state.read_sessions if reads_only else state.sessions)()
     try:
         yield session
     finally:
-        with anyio.CancelScope(shield=True):
-            await run_in_threadpool(session.close)
+        if reads_only and state.read_sessions_close_inline:
+            session.close()
+        else:
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(session.close)
 
 
 # Dependencies without I/O are ``async``: FastAPI runs a plain ``def`` one in the thread pool,

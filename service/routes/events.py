@@ -114,7 +114,7 @@ def list_job_events(
         valid = last_event_id is not None and re.fullmatch(r"[0-9]{1,18}", last_event_id)
         start = int(last_event_id) if valid and last_event_id else after
         return StreamingResponse(
-            _stream(state.sessions, job_id, start, state.settings.sse_poll_seconds),
+            _stream(state.read_sessions, job_id, start, state.settings.sse_poll_seconds),
             media_type=SSE_MEDIA_TYPE,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

@@ -7,6 +7,7 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, Header, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import TypeAdapter, ValidationError, WithJsonSchema
 
 from api_schemas.examples import MINIMAL_SPEC
@@ -150,10 +151,13 @@ def _parse_labels(labels: list[str]) -> dict[str, str]:
     return parsed
 
 
+# The two polled routes are ``async`` with one trip through the thread pool, for the query: a
+# plain ``def`` handler makes a second one (FastAPI checks its return value in the pool too),
+# and under load every trip is a wait for the GIL behind other requests.
 @router.get(
     "/jobs", name="list_jobs", summary="List your jobs, newest first", responses=problems(401, 422)
 )
-def list_jobs(
+async def list_jobs(
     request: Request,
     session: SessionDep,
     tenant: CurrentTenant,
@@ -167,7 +171,8 @@ def list_jobs(
     ] = None,
 ) -> JobList:
     try:
-        page = job_store.list_jobs(
+        page = await run_in_threadpool(
+            job_store.list_jobs,
             session,
             tenant.id,
             after=after,
@@ -187,8 +192,8 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", name="get_job", summary="Get a job", responses=problems(401, 404))
-def get_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentTenant) -> Job:
-    return job_view(owned_job(session, tenant, job_id), request)
+async def get_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentTenant) -> Job:
+    return job_view(await run_in_threadpool(owned_job, session, tenant, job_id), request)
 
 
 @router.post(

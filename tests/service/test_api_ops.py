@@ -151,7 +151,9 @@ def test_unexpected_errors_are_opaque_problems(
 ) -> None:
     broken = service_factory()
     with broken.tenant_client() as client:
-        broken.app.state.lth.sessions.configure(bind=None)  # every query now fails
+        state = broken.app.state.lth
+        for sessions in (state.sessions, state.read_sessions):
+            sessions.configure(bind=None)  # every query now fails
         response = client.get("/v1/datasets")
     body = expect_problem(response, 500)
     assert "Traceback" not in response.text and "bind" not in response.text

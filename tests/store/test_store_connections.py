@@ -1,0 +1,73 @@
+"""Pooled PostgreSQL connections: reads without a transaction, and dead connections replaced
+before a request gets them (after an idle spell) or after the request they fail."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from psycopg.pq import TransactionStatus
+
+from store.db import make_engine, make_read_sessionmaker, make_sessionmaker
+
+
+def _backend_pid(session: sa.orm.Session) -> int:
+    pid: int = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    return pid
+
+
+def _terminate(url: str, pid: int) -> None:
+    """What a database restart does to a connection: its server process ends."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    finally:
+        engine.dispose()
+
+
+def test_a_read_session_leaves_no_transaction_open(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    try:
+        with make_read_sessionmaker(engine)() as session:
+            assert session.execute(sa.text("SELECT 1")).scalar_one() == 1
+            dbapi = session.connection().connection.dbapi_connection
+            assert dbapi is not None
+            # Nothing to roll back, so the close that hands the connection back does no I/O.
+            assert dbapi.info.transaction_status == TransactionStatus.IDLE
+        with make_sessionmaker(engine)() as session:
+            session.execute(sa.text("SELECT 1"))
+            dbapi = session.connection().connection.dbapi_connection
+            assert dbapi is not None
+            assert dbapi.info.transaction_status == TransactionStatus.INTRANS
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_that_died_while_idle_is_replaced_before_use(postgres_url: str) -> None:
+    engine = make_engine(postgres_url, pool_size=1, ping_idle_after_s=0.0)
+    sessions = make_read_sessionmaker(engine)
+    try:
+        with sessions() as session:
+            first = _backend_pid(session)
+        _terminate(postgres_url, first)
+        with sessions() as session:
+            assert _backend_pid(session) != first  # no error: the ping found it dead
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_in_steady_use_is_not_pinged_and_its_death_costs_one_error(
+    postgres_url: str,
+) -> None:
+    engine = make_engine(postgres_url, pool_size=1, ping_idle_after_s=3600.0)
+    sessions = make_read_sessionmaker(engine)
+    try:
+        with sessions() as session:
+            first = _backend_pid(session)
+        _terminate(postgres_url, first)
+        with sessions() as session, pytest.raises(sa.exc.OperationalError):
+            _backend_pid(session)  # the API answers this one 503
+        with sessions() as session:
+            assert _backend_pid(session) != first  # the pool was discarded and refilled
+    finally:
+        engine.dispose()
