@@ -80,39 +80,51 @@ def collector_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
+def independent_clients(url: str, count: int) -> list[httpx.AsyncClient]:
+    """``count`` clients with a connection each, as separate SDK users have. One shared pool
+    would measure the generator instead: httpx scans every queued request against every
+    connection on each change, and with hundreds of each that starved its event loop for so
+    long that the server closed connections it was about to reuse."""
+    tls = httpx.create_ssl_context()  # unused on plain HTTP; built once, not once per client
+    return [httpx.AsyncClient(base_url=url, timeout=60, verify=tls) for _ in range(count)]
+
+
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
 async def poll(
-    client: httpx.AsyncClient, job_ids: list[str], seconds: float, clients: int, interval: float
+    url: str, job_ids: list[str], seconds: float, clients: int, interval: float
 ) -> dict[str, Any]:
     """``clients`` loops, each alternating a job's GET and a list and sleeping ``interval``
-    after each answer (as the SDK's ``wait`` does), until the time is up. Their first requests
-    are spread over one interval, as clients that started at different times would be."""
+    after each answer (as the SDK's ``wait`` does), until the time is up, each on its own
+    connection. Their first requests are spread over one interval, as clients that started at
+    different times would be."""
     polls: list[float] = []
     lists: list[float] = []
     errors: Counter[str] = Counter()
+    sessions = independent_clients(url, clients)
     deadline = time.monotonic() + seconds
 
     async def one(index: int) -> None:
         turn = index
         await asyncio.sleep(interval * index / clients)
-        while time.monotonic() < deadline:
-            path = f"/v1/jobs/{job_ids[turn % len(job_ids)]}" if turn % 2 == 0 else "/v1/jobs"
-            started = time.perf_counter()
-            try:
-                response = await client.get(path)
-                status = str(response.status_code)
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
-            elapsed = time.perf_counter() - started
-            if status != "200":
-                errors[status] += 1
-            (polls if turn % 2 == 0 else lists).append(elapsed)
-            turn += 1
-            await asyncio.sleep(interval)
+        async with sessions[index] as client:
+            while time.monotonic() < deadline:
+                path = f"/v1/jobs/{job_ids[turn % len(job_ids)]}" if turn % 2 == 0 else "/v1/jobs"
+                started = time.perf_counter()
+                try:
+                    response = await client.get(path)
+                    status = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                elapsed = time.perf_counter() - started
+                if status != "200":
+                    errors[status] += 1
+                (polls if turn % 2 == 0 else lists).append(elapsed)
+                turn += 1
+                await asyncio.sleep(interval)
 
     await asyncio.gather(*(one(i) for i in range(clients)))
     return {
@@ -126,32 +138,34 @@ async def poll(
     }
 
 
-async def burst(client: httpx.AsyncClient, count: int) -> dict[str, Any]:
-    """``count`` submissions at once; returns the ids accepted and what went wrong."""
+async def burst(url: str, count: int) -> dict[str, Any]:
+    """``count`` submissions at once, from as many clients; returns the ids accepted and what
+    went wrong."""
     errors: Counter[str] = Counter()
     latencies: list[float] = []
 
-    async def submit() -> str | None:
+    async def submit(client: httpx.AsyncClient) -> str | None:
         key = uuid.uuid4().hex
-        for _attempt in range(2):  # a transport error is retried with the same key
-            started = time.perf_counter()
-            try:
-                response = await client.post(
-                    "/v1/jobs", json=BURST_SPEC, headers={"Idempotency-Key": key}
-                )
-            except httpx.TransportError as exc:
-                errors[type(exc).__name__] += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-            if response.status_code == 202:
-                job_id: str = response.json()["id"]
-                return job_id
-            errors[str(response.status_code)] += 1
-            return None
+        async with client:
+            for _attempt in range(2):  # a transport error is retried with the same key
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/v1/jobs", json=BURST_SPEC, headers={"Idempotency-Key": key}
+                    )
+                except httpx.TransportError as exc:
+                    errors[type(exc).__name__] += 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+                if response.status_code == 202:
+                    job_id: str = response.json()["id"]
+                    return job_id
+                errors[str(response.status_code)] += 1
+                return None
         return None
 
     started = time.perf_counter()
-    ids = await asyncio.gather(*(submit() for _ in range(count)))
+    ids = await asyncio.gather(*(submit(c) for c in independent_clients(url, count)))
     return {
         "ids": [i for i in ids if i is not None],
         "errors": dict(errors),
@@ -186,16 +200,15 @@ async def wait_running(client: httpx.AsyncClient, job_ids: list[str], timeout: f
 async def measure(
     url: str, clients: int, seconds: float, interval: float, count: int
 ) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         training = []
         for seed in (0, 1):
             spec = lenet_spec(steps=50_000, rounds=2, controls=[], seed=seed)
             training.append((await client.post("/v1/jobs", json=spec)).json()["id"])
         await wait_running(client, training, timeout=180)
         with collector_paused():
-            polled = await poll(client, training, seconds, clients, interval)
-        burst_result = await burst(client, count)
+            polled = await poll(url, training, seconds, clients, interval)
+        burst_result = await burst(url, count)
         jobs = await listed_jobs(client)
         for job_id in training:
             await client.post(f"/v1/jobs/{job_id}/cancel")
@@ -290,7 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{polled['requests']} requests in {args.seconds:.0f} s "
         f"({polled['requests_per_s']:.0f}/s); "
         f"poll p50 {polled['poll_p50_ms']:.1f} ms, list p99 {polled['list_p99_ms']:.1f} ms; "
-        f"burst of {args.burst} in {result['burst']['seconds']:.1f} s"
+        f"burst of {args.burst} in {result['burst']['seconds']:.1f} s; "
+        f"errors: polling {polled['errors']}, burst {result['burst']['errors']}"
     )
     return out
 
