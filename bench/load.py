@@ -12,8 +12,9 @@ submissions, against a real ``lth serve`` on PostgreSQL and Redis.
 The load generator runs on the same machine as the service and its training jobs, so on two
 cores it competes with both: the figures are for the whole machine under load.
 
-Run: ``python -m bench.load [--clients 200] [--seconds 60] [--interval 1] [--burst 1000]``.
-Results: ``bench/results/load.json``.
+Run: ``python -m bench.load [--clients 200] [--seconds 60] [--interval 1] [--burst 1000]
+[--auth]``. Results: ``bench/results/load.json``; with ``--auth`` (API keys, as in production
+rather than the embedded open mode), ``bench/results/load-auth.json``.
 """
 
 from __future__ import annotations
@@ -80,13 +81,16 @@ def collector_paused() -> Iterator[None]:
         gc.unfreeze()
 
 
-def independent_clients(url: str, count: int) -> list[httpx.AsyncClient]:
+def independent_clients(url: str, count: int, headers: dict[str, str]) -> list[httpx.AsyncClient]:
     """``count`` clients with a connection each, as separate SDK users have. One shared pool
     would measure the generator instead: httpx scans every queued request against every
     connection on each change, and with hundreds of each that starved its event loop for so
     long that the server closed connections it was about to reuse."""
     tls = httpx.create_ssl_context()  # unused on plain HTTP; built once, not once per client
-    return [httpx.AsyncClient(base_url=url, timeout=60, verify=tls) for _ in range(count)]
+    return [
+        httpx.AsyncClient(base_url=url, timeout=60, verify=tls, headers=headers)
+        for _ in range(count)
+    ]
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -95,7 +99,12 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 async def poll(
-    url: str, job_ids: list[str], seconds: float, clients: int, interval: float
+    url: str,
+    headers: dict[str, str],
+    job_ids: list[str],
+    seconds: float,
+    clients: int,
+    interval: float,
 ) -> dict[str, Any]:
     """``clients`` loops, each alternating a job's GET and a list and sleeping ``interval``
     after each answer (as the SDK's ``wait`` does), until the time is up, each on its own
@@ -104,7 +113,7 @@ async def poll(
     polls: list[float] = []
     lists: list[float] = []
     errors: Counter[str] = Counter()
-    sessions = independent_clients(url, clients)
+    sessions = independent_clients(url, clients, headers)
     deadline = time.monotonic() + seconds
 
     async def one(index: int) -> None:
@@ -138,7 +147,7 @@ async def poll(
     }
 
 
-async def burst(url: str, count: int) -> dict[str, Any]:
+async def burst(url: str, headers: dict[str, str], count: int) -> dict[str, Any]:
     """``count`` submissions at once, from as many clients; returns the ids accepted and what
     went wrong."""
     errors: Counter[str] = Counter()
@@ -165,7 +174,7 @@ async def burst(url: str, count: int) -> dict[str, Any]:
         return None
 
     started = time.perf_counter()
-    ids = await asyncio.gather(*(submit(c) for c in independent_clients(url, count)))
+    ids = await asyncio.gather(*(submit(c) for c in independent_clients(url, count, headers)))
     return {
         "ids": [i for i in ids if i is not None],
         "errors": dict(errors),
@@ -198,17 +207,17 @@ async def wait_running(client: httpx.AsyncClient, job_ids: list[str], timeout: f
 
 
 async def measure(
-    url: str, clients: int, seconds: float, interval: float, count: int
+    url: str, headers: dict[str, str], clients: int, seconds: float, interval: float, count: int
 ) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client:
         training = []
         for seed in (0, 1):
             spec = lenet_spec(steps=50_000, rounds=2, controls=[], seed=seed)
             training.append((await client.post("/v1/jobs", json=spec)).json()["id"])
         await wait_running(client, training, timeout=180)
         with collector_paused():
-            polled = await poll(url, training, seconds, clients, interval)
-        burst_result = await burst(url, count)
+            polled = await poll(url, headers, training, seconds, clients, interval)
+        burst_result = await burst(url, headers, count)
         jobs = await listed_jobs(client)
         for job_id in training:
             await client.post(f"/v1/jobs/{job_id}/cancel")
@@ -226,6 +235,19 @@ async def measure(
             "statuses": dict(statuses),
         },
     }
+
+
+def api_key(database_url: str) -> str:
+    """A new API key of a tenant of the benchmark's own, straight from the store."""
+    from store.db import make_engine, make_sessionmaker
+    from store.tenants import create_api_key
+
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            return create_api_key(session, "load")
+    finally:
+        engine.dispose()
 
 
 def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -266,6 +288,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--burst", type=int, default=1000)
     parser.add_argument("--database-url", default=POSTGRES, help="a PostgreSQL server")
     parser.add_argument("--broker-url", default=REDIS)
+    parser.add_argument(
+        "--auth", action="store_true", help="with API keys (results in load-auth.json)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results")
     args = parser.parse_args(argv)
 
@@ -278,10 +303,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "LTH_BROKER_URL": args.broker_url,
             "LTH_MAX_CONCURRENT_JOBS_PER_TENANT": str(args.burst + 10),
             "LTH_WORKER_CONCURRENCY": "2",
+            "LTH_AUTH": "enabled" if args.auth else "disabled",
         }
         with LocalService(env=env) as service:
+            headers = {"Authorization": f"Bearer {api_key(database_url)}"} if args.auth else {}
             result = asyncio.run(
-                measure(service.url, args.clients, args.seconds, args.interval, args.burst)
+                measure(service.url, headers, args.clients, args.seconds, args.interval, args.burst)
             )
     redis.Redis.from_url(args.broker_url).flushdb()
     config = {
@@ -289,12 +316,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds": args.seconds,
         "interval_s": args.interval,
         "burst": args.burst,
+        "auth": args.auth,
     }
-    out: dict[str, Any] = {"command": "python -m bench.load", "config": config}
+    command = "python -m bench.load" + (" --auth" if args.auth else "")
+    out: dict[str, Any] = {"command": command, "config": config}
     out["figures"] = figures(result)
     out |= result
     if not args.no_write:
-        print(f"written to {write_result('load', out)}")
+        print(f"written to {write_result('load-auth' if args.auth else 'load', out)}")
     for figure in out["figures"]:
         verdict = "met" if figure["passed"] else "MISSED"
         print(f"{figure['figure']}: {figure['value']:.4g} (target {figure['target']}) {verdict}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
@@ -67,29 +68,49 @@ def _unauthorized(detail: str, error: str | None) -> ProblemError:
     return ProblemError(401, detail, kind="unauthorized", headers={"WWW-Authenticate": challenge})
 
 
-async def _current_tenant(
+@dataclass(frozen=True)
+class Caller:
+    """Who calls, as far as is known without the database: the tenant itself when auth is
+    off, else the key to look up. The lookup is :meth:`tenant`, in the thread pool; the polled
+    routes make it in the same trip as their own query (each trip is a wait under load)."""
+
+    known: Tenant | None
+    key: str = ""
+
+    def tenant(self, session: Session) -> Tenant:
+        """The caller's tenant; 401 for a key that is unknown or revoked. Blocking I/O."""
+        if self.known is not None:
+            return self.known
+        tenant = tenant_for_api_key(session, self.key)
+        if tenant is None:
+            raise _unauthorized("The API key is unknown or revoked.", "invalid_token")
+        # End the lookup's transaction now: the handler may take long (an upload) before it
+        # writes.
+        session.commit()
+        return tenant
+
+
+async def _caller(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Tenant:
+) -> Caller:
     state = get_state(request)
     if state.settings.auth == "disabled":
         if state.local_tenant is None:  # pragma: no cover - set at startup
             raise RuntimeError("auth is disabled but the local tenant was not created")
-        return state.local_tenant
+        return Caller(state.local_tenant)
     if credentials is None:
         raise _unauthorized("Send an API key as `Authorization: Bearer <key>`.", None)
-    tenant = await run_in_threadpool(_tenant_for_key, session, credentials.credentials)
-    if tenant is None:
-        raise _unauthorized("The API key is unknown or revoked.", "invalid_token")
-    return tenant
+    return Caller(None, credentials.credentials)
 
 
-def _tenant_for_key(session: Session, key: str) -> Tenant | None:
-    tenant = tenant_for_api_key(session, key)
-    # End the lookup's transaction now: the handler may take long (an upload) before it writes.
-    session.commit()
-    return tenant
+CallerDep = Annotated[Caller, Depends(_caller)]
+
+
+async def _current_tenant(session: SessionDep, caller: CallerDep) -> Tenant:
+    if caller.known is not None:
+        return caller.known
+    return await run_in_threadpool(caller.tenant, session)
 
 
 CurrentTenant = Annotated[Tenant, Depends(_current_tenant)]

@@ -17,7 +17,7 @@ from api_schemas.results import RoundResult
 from api_schemas.spec import LABEL_KEY_MAX_LENGTH, LABEL_VALUE_MAX_LENGTH, MAX_LABELS, JobSpec
 from service.admission import check_spec
 from service.artifact_files import read_rounds
-from service.deps import CurrentTenant, SessionDep, StateDep, owned_job
+from service.deps import CallerDep, CurrentTenant, SessionDep, StateDep, owned_job
 from service.openapi import job_links, problems
 from service.problems import ProblemError, not_found, validation_problem
 from service.report_cache import drop_cached
@@ -151,16 +151,16 @@ def _parse_labels(labels: list[str]) -> dict[str, str]:
     return parsed
 
 
-# The two polled routes are ``async`` with one trip through the thread pool, for the query: a
-# plain ``def`` handler makes a second one (FastAPI checks its return value in the pool too),
-# and under load every trip is a wait for the GIL behind other requests.
+# The two polled routes are ``async`` with one trip through the thread pool, for the key lookup
+# and the query together: a plain ``def`` handler makes a second one (FastAPI checks its return
+# value in the pool too), and under load every trip is a wait for the GIL behind other requests.
 @router.get(
     "/jobs", name="list_jobs", summary="List your jobs, newest first", responses=problems(401, 422)
 )
 async def list_jobs(
     request: Request,
     session: SessionDep,
-    tenant: CurrentTenant,
+    caller: CallerDep,
     after: Annotated[
         str | None, Query(description="`next_cursor` of the previous page.", max_length=500)
     ] = None,
@@ -170,15 +170,17 @@ async def list_jobs(
         list[LabelFilter] | None, Query(description="`key:value`; repeat to require several.")
     ] = None,
 ) -> JobList:
+    labels = _parse_labels(label or [])
     try:
         page = await run_in_threadpool(
-            job_store.list_jobs,
-            session,
-            tenant.id,
-            after=after,
-            limit=limit,
-            statuses=status or (),
-            labels=_parse_labels(label or []),
+            lambda: job_store.list_jobs(
+                session,
+                caller.tenant(session).id,
+                after=after,
+                limit=limit,
+                statuses=status or (),
+                labels=labels,
+            )
         )
     except InvalidCursorError as exc:
         raise validation_problem(
@@ -192,8 +194,9 @@ async def list_jobs(
 
 
 @router.get("/jobs/{job_id}", name="get_job", summary="Get a job", responses=problems(401, 404))
-async def get_job(request: Request, job_id: str, session: SessionDep, tenant: CurrentTenant) -> Job:
-    return job_view(await run_in_threadpool(owned_job, session, tenant, job_id), request)
+async def get_job(request: Request, job_id: str, session: SessionDep, caller: CallerDep) -> Job:
+    job = await run_in_threadpool(lambda: owned_job(session, caller.tenant(session), job_id))
+    return job_view(job, request)
 
 
 @router.post(
