@@ -55,6 +55,8 @@ bench: install
 		echo "== bench.$$name"; \
 		$(PY) -m bench.$$name || { echo "bench.$$name failed"; status=1; }; \
 	done; \
+	echo "== bench.load --auth"; \
+	$(PY) -m bench.load --auth || { echo "bench.load --auth failed"; status=1; }; \
 	$(PY) -m bench.summary; \
 	exit $$status
 

@@ -29,6 +29,7 @@ EXPECTED = {
     "deploy_sizes": "python -m bench.deploy_sizes",
     "onnx_check": "python -m bench.onnx_check",
     "load": "python -m bench.load",
+    "load-auth": "python -m bench.load --auth",
     "gpu": "bash bench/gpu.sh",
 }
 #: bench.throughput's targets (its JSON records only whether each was met).
