@@ -25,6 +25,7 @@ from service.settings import Settings
 from service.state import Enqueue, ReadinessCheck, ServiceState, state_of
 from store.artifact_store import LocalArtifactStore, open_artifact_store
 from store.db import (
+    API_PING_IDLE_AFTER_S,
     make_engine,
     make_read_sessionmaker,
     make_sessionmaker,
@@ -86,7 +87,11 @@ def create_app(
     added to (or replace, by name) the default ``database`` and ``broker`` checks of /readyz.
     """
     settings = settings or Settings()
-    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        ping_idle_after_s=API_PING_IDLE_AFTER_S,
+    )
     sessions = make_sessionmaker(engine)
 
     def count_by_status() -> dict[str, int]:

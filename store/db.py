@@ -27,11 +27,12 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 #: Key for ``pg_advisory_xact_lock``: concurrent starts must not migrate at the same time.
 _MIGRATION_LOCK_KEY = 0x4C54485F4442  # "LTH_DB"
 SQLITE_BUSY_TIMEOUT_S = 30.0
-#: A pooled PostgreSQL connection that sat unused this long is pinged before it is handed out,
-#: so that a restart or a network cut while it sat costs no request an error. One in steady use
-#: is not pinged (a round trip per request was a third of a poll's database time); if it dies
-#: in use, its request answers 503 and SQLAlchemy discards the whole pool for fresh connections.
-PING_IDLE_AFTER_S = 5.0
+#: How long a pooled PostgreSQL connection of the API may sit unused and still be handed out
+#: without a ping: one in steady use is not pinged (a round trip per request was a third of a
+#: poll's database time); if it dies in use, its request answers 503 and SQLAlchemy discards
+#: the whole pool for fresh connections. One that sat longer (a restart or a network cut may
+#: have happened meanwhile) is pinged first and replaced if dead, so that no request sees it.
+API_PING_IDLE_AFTER_S = 5.0
 
 
 def normalise_url(url: str | URL) -> URL:
@@ -46,19 +47,23 @@ def make_engine(
     url: str | URL,
     *,
     pool_size: int | None = None,
-    ping_idle_after_s: float = PING_IDLE_AFTER_S,
+    ping_idle_after_s: float | None = None,
     **kwargs: Any,
 ) -> Engine:
     """An engine; for SQLite a file database in WAL mode with foreign keys and a busy timeout.
     ``pool_size`` (PostgreSQL) is how many connections stay open: beyond it, each request
-    that needs one would open and close a connection of its own. ``ping_idle_after_s``: see
-    :data:`PING_IDLE_AFTER_S`."""
+    that needs one would open and close a connection of its own. Every pooled PostgreSQL
+    connection is pinged before use, or with ``ping_idle_after_s`` only one that sat unused
+    that long (see :data:`API_PING_IDLE_AFTER_S`)."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
         if pool_size is not None:
             kwargs.setdefault("pool_size", pool_size)
+        if ping_idle_after_s is None:
+            kwargs.setdefault("pool_pre_ping", True)
         engine = sa.create_engine(parsed, **kwargs)
-        _ping_when_idle(engine, ping_idle_after_s)
+        if ping_idle_after_s is not None:
+            _ping_when_idle(engine, ping_idle_after_s)
         return engine
 
     database = parsed.database

@@ -1,5 +1,5 @@
 """Pooled PostgreSQL connections: reads without a transaction, and dead connections replaced
-before a request gets them (after an idle spell) or after the request they fail."""
+before use (always, or for the API after an idle spell) or after the one request they fail."""
 
 from __future__ import annotations
 
@@ -43,8 +43,11 @@ def test_a_read_session_leaves_no_transaction_open(postgres_url: str) -> None:
         engine.dispose()
 
 
-def test_a_connection_that_died_while_idle_is_replaced_before_use(postgres_url: str) -> None:
-    engine = make_engine(postgres_url, pool_size=1, ping_idle_after_s=0.0)
+@pytest.mark.parametrize("ping_idle_after_s", [None, 0.0], ids=["every-checkout", "when-idle"])
+def test_a_connection_that_died_while_idle_is_replaced_before_use(
+    postgres_url: str, ping_idle_after_s: float | None
+) -> None:
+    engine = make_engine(postgres_url, pool_size=1, ping_idle_after_s=ping_idle_after_s)
     sessions = make_read_sessionmaker(engine)
     try:
         with sessions() as session:
