@@ -81,6 +81,7 @@ class Trainee:
         self.net: nn.Module = self.stacked.net if self.stacked is not None else model
         self.size = self.stacked.size if self.stacked is not None else 1
         self._model = model
+        self._parameters = list(self.net.parameters())
 
     def logits(self, x: Tensor, per_sibling: bool) -> Tensor:
         if self.stacked is not None:
@@ -95,7 +96,10 @@ class Trainee:
         return list(self.net.parameters())
 
     def zero_grad(self) -> None:
-        self.net.zero_grad(set_to_none=True)
+        # What ``Module.zero_grad(set_to_none=True)`` does, without walking the modules again
+        # on every step (a tenth of the time a lane holds the GIL, for LeNet).
+        for parameter in self._parameters:
+            parameter.grad = None
 
     def share_gradients(self) -> None:
         if self.stacked is not None:
