@@ -113,7 +113,9 @@ def test_cancelling_a_running_job_stops_it_within_seconds(production: Deployment
 
 
 def test_a_killed_worker_is_replaced_and_the_job_resumes(production: Deployment) -> None:
-    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "1500it"}}
+    # Long enough that round 1 is still training when the signal lands: its two lanes run
+    # side by side, a few thousand steps a second each.
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "6000it"}}
     spec["training"]["checkpoint_every"] = "100it"
     with production.client(production.key("tenant-a")) as client:
         job = submit(client, spec)
@@ -142,7 +144,9 @@ def test_a_worker_stopped_with_sigterm_hands_its_job_to_another(production: Depl
     import os
     import signal
 
-    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "1500it"}}
+    # Long enough that round 1 is still training when the signal lands: its two lanes run
+    # side by side, a few thousand steps a second each.
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "6000it"}}
     spec["training"]["checkpoint_every"] = "100it"
     with production.client(production.key("tenant-a")) as client:
         job = submit(client, spec)
@@ -238,7 +242,9 @@ def test_the_embedded_service_restarts_its_worker_and_resumes_the_job(
     import os
     import signal
 
-    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "1500it"}}
+    # Long enough that round 1 is still training when the signal lands: its two lanes run
+    # side by side, a few thousand steps a second each.
+    spec = {**SMALL_SPEC, "training": {**SMALL_SPEC["training"], "steps": "6000it"}}
     spec["training"]["checkpoint_every"] = "100it"
     with embedded.client() as client:
         job = submit(client, spec)

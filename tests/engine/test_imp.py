@@ -172,7 +172,7 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
                 spec,
                 tmp_path / "interrupted",
                 CONFIG,
-                should_stop=stop_after(23),
+                should_stop=stop_after(12),
                 poll_seconds=0.0,
             )
             break

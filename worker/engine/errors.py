@@ -38,7 +38,7 @@ class DivergedError(EngineError):
     code = "diverged"
 
     def __init__(self, step: int, sibling: int = 0, detail: str = "") -> None:
-        self.step, self.sibling = step, sibling
+        self.step, self.sibling, self.detail = step, sibling, detail
         super().__init__(f"loss became non-finite at step {step}{detail}; lower the learning rate")
 
 

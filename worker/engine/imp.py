@@ -25,12 +25,18 @@ import torch
 from torch import Tensor, nn
 
 from api_schemas.model_size import MAX_PARAMETERS
-from api_schemas.results import ReplicateRound, RoundResult, RunSummary, VariantResult
+from api_schemas.results import (
+    EvalPoint,
+    ReplicateRound,
+    RoundResult,
+    RunSummary,
+    VariantResult,
+)
 from api_schemas.run_layout import MANIFEST, ArtifactEntry, Manifest, ManifestModel, is_report
 from api_schemas.spec import JobSpec
 from api_schemas.steps import to_iterations
+from worker.engine import forked, reuse
 from worker.engine import masks as masking
-from worker.engine import reuse
 from worker.engine.artifacts import save_compact
 from worker.engine.data import DataConfig, Dataset, load_dataset
 from worker.engine.data.uris import resolve_location
@@ -182,6 +188,7 @@ class IMPRun:
         self.stack_reason = "batching is off" if not batched else reason
         self.max_stack = max(1, STACK_PARAMETER_BUDGET // max(count_parameters(self.model), 1))
         self.lanes_reason = self._lanes_reason()
+        self._fork_lanes = False  # set per round: see _train
         self._keys: dict[int, list[str]] = {}
         self._round_seconds: dict[int, float] = {}  # training time of each round, this call
         self._lock = threading.Lock()  # lanes report and count from their own threads
@@ -556,6 +563,7 @@ class IMPRun:
         plan = self._plan(k)
         groups, lanes = self._groups(k, pending, members)
         stacked = any(len(g) > 1 for g in groups)
+        self._fork_lanes = lanes > 1 and len(groups) > 1 and forked.available()
         info: dict[str, object] = {
             "round": k,
             "path": "batched" if stacked else "one_by_one",
@@ -563,6 +571,8 @@ class IMPRun:
             "stacks": [len(g) for g in groups] if stacked else [],
             "lanes": min(lanes, len(groups)),
         }
+        if lanes > 1 and len(groups) > 1:
+            info["lanes_as"] = "processes" if self._fork_lanes else "threads"
         if not stacked and self.stack_reason is not None and len(pending) > 1:
             info["reason"] = self.stack_reason
         self._emit(k, TICKET, plan.start, plan, {}, "execution", info)
@@ -574,6 +584,12 @@ class IMPRun:
         started = time.monotonic()
         prepared = [self._prepare(k, group) for group in groups]  # seeds the global RNG
 
+        at_once = min(lanes, self._cores(), len(groups))
+        if self._fork_lanes:
+            self._train_forked(k, groups, prepared, plan, at_once)
+            self._round_seconds[k] = time.monotonic() - started
+            return
+
         def task(group: list[Member], ready: _Prepared) -> Any:
             def lane(aborted: StopFn) -> None:
                 def stop() -> bool:
@@ -583,11 +599,40 @@ class IMPRun:
 
             return lane
 
-        run_lanes(
-            [task(g, ready) for g, ready in zip(groups, prepared, strict=True)],
-            min(lanes, self._cores(), len(groups)),
-        )
+        run_lanes([task(g, ready) for g, ready in zip(groups, prepared, strict=True)], at_once)
         self._round_seconds[k] = time.monotonic() - started
+
+    def _train_forked(
+        self,
+        k: int,
+        groups: list[list[Member]],
+        prepared: list[_Prepared],
+        plan: TrainPlan,
+        at_once: int,
+    ) -> None:
+        """The lanes of round k as forked processes (see :mod:`worker.engine.forked`): each
+        child trains its stack and writes its weights; this process writes the rest."""
+
+        def work(group: list[Member], ready: _Prepared) -> forked.Work:
+            def run(report: forked.ReportFn, stop: StopFn) -> Any:
+                outcomes = self._fit_train(k, group, ready, plan, stop, None, report)
+                return [_outcome_json(o) for o in outcomes]
+
+            return run
+
+        lanes = [
+            forked.Lane(work(group, ready), self._reporter(k, group, plan))
+            for group, ready in zip(groups, prepared, strict=True)
+        ]
+        try:
+            results = forked.run_forked(lanes, at_once, self.should_stop)
+        finally:
+            with self._lock:
+                for group in groups:
+                    self._partial.pop(id(group), None)
+        for group, ready, result in zip(groups, prepared, results, strict=True):
+            outcomes = [_outcome_from_json(o) for o in result]
+            self._fit_finish(k, group, plan, outcomes, ready.checkpoint)
 
     def _prepare(self, k: int, group: Sequence[Member]) -> _Prepared:
         """The network (a stack for several members) with its starting weights, its masks and
@@ -634,6 +679,27 @@ class IMPRun:
     ) -> float:
         """Train a prepared stack and write each member's weights, metrics and events; returns
         its training time (earlier attempts included)."""
+        report = self._reporter(k, group, plan)
+        try:
+            outcomes = self._fit_train(k, group, ready, plan, should_stop, threads, report)
+        except BaseException:
+            with self._lock:
+                self._partial.pop(id(group), None)
+            raise
+        return self._fit_finish(k, group, plan, outcomes, ready.checkpoint)
+
+    def _fit_train(
+        self,
+        k: int,
+        group: Sequence[Member],
+        ready: _Prepared,
+        plan: TrainPlan,
+        should_stop: StopFn | None,
+        threads: ThreadsFn | None,
+        report: Any,
+    ) -> list[TrainOutcome]:
+        """Train a prepared stack and write each member's trained weights: the part a forked
+        lane runs, touching nothing but the stack and its files."""
         net = ready.net
         try:
             outcomes: list[TrainOutcome] = train_siblings(
@@ -644,7 +710,7 @@ class IMPRun:
                 ready.mask,
                 ready.siblings,
                 ready.checkpoint,
-                report=self._reporter(k, group, plan),
+                report=report,
                 should_stop=should_stop,
                 poll_seconds=self.poll_seconds,
                 threads=threads,
@@ -655,24 +721,34 @@ class IMPRun:
             if len(self.chains) > 1:
                 where += f" of replicate {member.chain.index}"
             raise DivergedError(exc.step, exc.sibling, where) from None
-        except BaseException:
-            with self._lock:
-                self._partial.pop(id(group), None)
-            raise
-        results = []
-        for index, (member, outcome) in enumerate(zip(group, outcomes, strict=True)):
-            paths, variant = member.chain.paths, member.variant
+        for index, member in enumerate(group):
             state = net.sibling_state(index) if isinstance(net, StackedModel) else net.state_dict()
-            save_tensors(paths.trained(k, variant), state)
-            results.append(summarize(variant, outcome))
-            write_json(paths.metrics(k, variant), results[-1].model_dump(mode="json"))
+            save_tensors(member.chain.paths.trained(k, member.variant), state)
+        return outcomes
+
+    def _fit_finish(
+        self,
+        k: int,
+        group: Sequence[Member],
+        plan: TrainPlan,
+        outcomes: list[TrainOutcome],
+        checkpoint: Path,
+    ) -> float:
+        """Each trained member's metrics, offer to the cache and events; returns the stack's
+        training time (earlier attempts included)."""
+        results = []
+        for member, outcome in zip(group, outcomes, strict=True):
+            results.append(summarize(member.variant, outcome))
+            write_json(
+                member.chain.paths.metrics(k, member.variant), results[-1].model_dump(mode="json")
+            )
             self._publish(member)
         with self._lock:  # the stack's share of the progress turns into finished trainings
             self._partial.pop(id(group), None)
             self._trainings_done += len(group)
         for member, result in zip(group, results, strict=True):
             self._emit(k, member.variant, plan.end, plan, result_metrics(result), "variant_done")
-        ready.checkpoint.unlink(missing_ok=True)
+        checkpoint.unlink(missing_ok=True)
         return outcomes[0].wall_time_s
 
     # ---- reporting ----------------------------------------------------------------------------
@@ -837,3 +913,14 @@ def run(
         threads=threads,
         cache=cache,
     ).run()
+
+
+def _outcome_json(outcome: TrainOutcome) -> dict[str, Any]:
+    """A training's outcome as JSON, as a forked lane sends it back."""
+    curve = [point.model_dump(mode="json") for point in outcome.curve]
+    return {"curve": curve, "wall_time_s": outcome.wall_time_s, "steps": outcome.steps}
+
+
+def _outcome_from_json(data: dict[str, Any]) -> TrainOutcome:
+    curve = [EvalPoint.model_validate(point) for point in data["curve"]]
+    return TrainOutcome(curve=curve, wall_time_s=data["wall_time_s"], steps=data["steps"])
