@@ -5,8 +5,9 @@ training on two threads: a small network's kernels are too short for a second Op
 to pay for its synchronisation, and a busy neighbour process (the API, a heartbeat) stalls every
 barrier of a multi-threaded kernel but only one lane. So when a job owns more than one core and
 a round has more than one network to train, the round's networks are split into stacks, one
-per core, trained in Python threads with one intra-op thread each (PyTorch releases the GIL
-inside its kernels).
+per core, each on one intra-op thread: as forked processes where the platform allows (see
+:mod:`worker.engine.forked`: threads of one process share its GIL, which a small network's
+step holds for most of its length), else as the Python threads of :func:`run_lanes`.
 
 Lanes are used only where the result does not depend on them: the built-in architectures
 draw no random numbers while training (no dropout), so the shared global RNG is never read
