@@ -626,10 +626,11 @@ class IMPRun:
         ]
         try:
             results = forked.run_forked(lanes, at_once, self.should_stop)
-        finally:
+        except BaseException:
             with self._lock:
                 for group in groups:
                     self._partial.pop(id(group), None)
+            raise
         for group, ready, result in zip(groups, prepared, results, strict=True):
             outcomes = [_outcome_from_json(o) for o in result]
             self._fit_finish(k, group, plan, outcomes, ready.checkpoint)
