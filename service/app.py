@@ -30,7 +30,6 @@ from store.db import (
     make_read_sessionmaker,
     make_sessionmaker,
     migrate,
-    reads_autocommit,
 )
 from store.events import round_durations as store_round_durations
 from store.jobs import count_jobs_by_status
@@ -107,7 +106,6 @@ def create_app(
         engine=engine,
         sessions=sessions,
         read_sessions=make_read_sessionmaker(engine),
-        read_sessions_close_inline=reads_autocommit(engine),
         artifacts=open_artifact_store(settings),
         enqueue=enqueue,
         metrics=Metrics(count_by_status, round_durations),

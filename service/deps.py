@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from service.problems import ProblemError, not_found
 from service.settings import Settings
 from service.state import ServiceState, get_state
+from store.db import reads_autocommit
 from store.jobs import get_job
 from store.tables import JobRow, Tenant
 from store.tenants import tenant_for_api_key
@@ -41,7 +42,7 @@ async def _session(request: Request) -> AsyncIterator[Session]:
     try:
         yield session
     finally:
-        if reads_only and state.read_sessions_close_inline:
+        if reads_only and reads_autocommit(state.engine):
             session.close()
         else:
             with anyio.CancelScope(shield=True):

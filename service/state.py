@@ -32,8 +32,6 @@ class ServiceState:
     sessions: sessionmaker[Session]
     #: For requests that only read (GET, HEAD): see :func:`store.db.make_read_sessionmaker`.
     read_sessions: sessionmaker[Session]
-    #: Whether a read session closes without I/O, so that the event loop may close it.
-    read_sessions_close_inline: bool
     #: The one artifact store the routes read runs from (local folder or S3), built at startup.
     artifacts: ArtifactStore
     enqueue: Enqueue

@@ -10,8 +10,9 @@ import pytest
 
 from worker.engine import forked
 from worker.engine.errors import DivergedError, Stopped
-from worker.engine.forked import Lane, LaneError, ReportFn, run_forked
+from worker.engine.forked import Lane, LaneError, run_forked
 from worker.engine.hooks import StopFn
+from worker.engine.train import ReportFn
 
 pytestmark = pytest.mark.skipif(not forked.available(), reason="lanes fork on Linux only")
 

@@ -33,9 +33,8 @@ import torch
 
 from worker.engine.errors import DivergedError, Stopped
 from worker.engine.hooks import StopFn
+from worker.engine.train import ReportFn
 
-#: ``report(step, metrics)`` of a lane, as ``train_siblings`` calls it.
-ReportFn = Callable[[int, list[dict[str, float]] | None], None]
 #: A lane's work, run in the child: given its report and stop functions, returns JSON data.
 Work = Callable[[ReportFn, StopFn], Any]
 _PR_SET_PDEATHSIG = 1

@@ -63,7 +63,7 @@ from worker.engine.tensorio import (
     sha256_file,
     write_json,
 )
-from worker.engine.train import Sibling, TrainOutcome, TrainPlan, train_siblings
+from worker.engine.train import ReportFn, Sibling, TrainOutcome, TrainPlan, train_siblings
 
 ENGINE_VERSION = "3"
 #: Parameters one stack may hold (weights, gradients and two optimizer moments each): bounds
@@ -614,7 +614,7 @@ class IMPRun:
         child trains its stack and writes its weights; this process writes the rest."""
 
         def work(group: list[Member], ready: _Prepared) -> forked.Work:
-            def run(report: forked.ReportFn, stop: StopFn) -> Any:
+            def run(report: ReportFn, stop: StopFn) -> Any:
                 outcomes = self._fit_train(k, group, ready, plan, stop, None, report)
                 return [_outcome_json(o) for o in outcomes]
 
@@ -697,7 +697,7 @@ class IMPRun:
         plan: TrainPlan,
         should_stop: StopFn | None,
         threads: ThreadsFn | None,
-        report: Any,
+        report: ReportFn,
     ) -> list[TrainOutcome]:
         """Train a prepared stack and write each member's trained weights: the part a forked
         lane runs, touching nothing but the stack and its files."""
