@@ -22,13 +22,20 @@ def add_event(
     data: Mapping[str, Any] | None = None,
     *,
     now: datetime | None = None,
-) -> EventRow:
+    attempt: int | None = None,
+) -> EventRow | None:
     """Append an event.
 
     Locks the job row first so that, on PostgreSQL, events of one job get their ids in commit
     order: a reader paging with ``after_id`` can then never skip an event committed late.
+    With ``attempt`` (a worker's fencing token, as for :func:`store.jobs.heartbeat`) the event
+    is written only while that attempt runs the job; None when it no longer does.
     """
-    session.execute(sa.select(JobRow.id).where(JobRow.id == job_id).with_for_update())
+    owner = session.execute(
+        sa.select(JobRow.attempt, JobRow.status).where(JobRow.id == job_id).with_for_update()
+    ).one_or_none()
+    if attempt is not None and (owner is None or tuple(owner) != (attempt, "running")):
+        return None
     event = EventRow(job_id=job_id, type=type, data=dict(data or {}), created_at=now or utcnow())
     session.add(event)
     session.flush()

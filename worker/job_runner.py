@@ -55,6 +55,7 @@ T = TypeVar("T")
 class _Shared:
     """What the training thread and the heartbeat thread exchange."""
 
+    attempt: int = 0  # the fencing token of every write it makes
     progress: JobProgress | None = None
     cancel: bool = False
     lost: bool = False
@@ -113,7 +114,7 @@ class JobRunner:
         attempt, tenant_id = job.attempt, job.tenant_id
         spec = JobSpec.model_validate(job.spec)
         log.info("job %s: attempt %d on %s", job_id, attempt, self.worker_name)
-        shared = _Shared()
+        shared = _Shared(attempt=attempt)
         with self.sessions() as session:
             shared.rounds_logged = store_events.logged_rounds(session, job_id)
         if spec.dataset.validation_size == 0 and attempt == 1:
@@ -413,12 +414,13 @@ class JobRunner:
 
     def _event(self, job_id: str, shared: _Shared, kind: EventType, data: dict[str, Any]) -> None:
         """Log an event for watchers. Best effort: losing one must not fail the training, and a
-        worker that lost the job to another attempt writes nothing."""
+        worker that lost the job to another attempt writes nothing (fenced in the store too: a
+        thawed worker's lanes may report before its next heartbeat learns the job is gone)."""
         if shared.lost:
             return
         try:
             with self.sessions.begin() as session:
-                store_events.add_event(session, job_id, kind, data)
+                store_events.add_event(session, job_id, kind, data, attempt=shared.attempt)
         except Exception:
             log.warning("job %s: could not record a %s event", job_id, kind, exc_info=True)
 

@@ -48,3 +48,24 @@ def test_api_keys(sessions: Sessions) -> None:
         assert tenants.tenant_for_api_key(session, key) is None
         assert tenants.tenant_for_api_key(session, other) is not None
         assert tenants.ensure_tenant(session, "acme").id == tenant.id
+
+
+def test_an_attempt_that_lost_its_job_writes_no_event(
+    sessions: Sessions, tenant: Tenant, spec: JobSpec
+) -> None:
+    from datetime import timedelta
+
+    with sessions.begin() as session:
+        job_id = jobs.create_job(session, tenant.id, spec).job.id
+        first = jobs.claim_job(session, job_id, "w1").job
+        assert first is not None
+        assert events.add_event(session, job_id, "progress", {"by": 1}, attempt=first.attempt)
+    with sessions.begin() as session:
+        later = jobs.resume_claim(session, job_id, "w2", stale_after=timedelta(0)).job
+        assert later is not None and later.attempt == first.attempt + 1
+    with sessions.begin() as session:  # the first worker, thawed, reports once more
+        assert events.add_event(session, job_id, "progress", {"by": 1}, attempt=1) is None
+        assert events.add_event(session, job_id, "progress", {"by": 2}, attempt=2) is not None
+    with sessions.begin() as session:
+        logged = [e.data for e in events.list_events(session, job_id) if e.type == "progress"]
+    assert logged == [{"by": 1}, {"by": 2}]
