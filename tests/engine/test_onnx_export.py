@@ -315,7 +315,7 @@ def test_a_run_whose_model_cannot_export_succeeds_and_says_why(tmp_path: Path) -
 def test_the_job_runner_records_the_export_as_an_event(tmp_path: Path) -> None:
     from store import events as store_events
     from store.db import make_engine, make_sessionmaker, migrate
-    from store.jobs import create_job, load_job
+    from store.jobs import claim_job, create_job, load_job
     from store.settings import Settings
     from store.tenants import ensure_tenant
     from worker.job_runner import JobRunner, _Shared
@@ -332,16 +332,22 @@ def test_the_job_runner_records_the_export_as_an_event(tmp_path: Path) -> None:
         assert runner.run(job_id) == "succeeded"
         assert (settings.artifact_root / job_id / "model.onnx").exists()
 
-        # A skipped export, as the engine reports one, becomes a warning with the reason.
+        # A skipped export, as the engine reports one, becomes a warning with the reason (the
+        # attempt that runs a job records it; events are fenced by the attempt).
+        with sessions.begin() as session:
+            skipping = create_job(session, tenant.id, make_spec()).job.id
+            claimed = claim_job(session, skipping, "test-worker").job
+            assert claimed is not None
         rejected = export_model(BranchOnValues(), None, (1, 6, 6), tmp_path / "x.onnx")
         progress = Progress(0, 2, "ticket", 40, 40, 1.0, event="export", info=rejected.info())
-        runner._on_progress(job_id, progress, _Shared())
+        runner._on_progress(skipping, progress, _Shared(attempt=claimed.attempt))
         with sessions() as session:
             job = load_job(session, job_id)
             assert job is not None and job.status == "succeeded"
             logged = [
                 (e.type, e.data)
-                for e in store_events.list_events(session, job_id)
+                for jid in (job_id, skipping)
+                for e in store_events.list_events(session, jid)
                 if e.data.get("format") == "onnx"
             ]
     finally:
