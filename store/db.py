@@ -48,17 +48,25 @@ def make_engine(
     *,
     pool_size: int | None = None,
     ping_idle_after_s: float | None = None,
+    idle_in_transaction_timeout_s: float | None = None,
     **kwargs: Any,
 ) -> Engine:
     """An engine; for SQLite a file database in WAL mode with foreign keys and a busy timeout.
     ``pool_size`` (PostgreSQL) is how many connections stay open: beyond it, each request
     that needs one would open and close a connection of its own. Every pooled PostgreSQL
     connection is pinged before use, or with ``ping_idle_after_s`` only one that sat unused
-    that long (see :data:`API_PING_IDLE_AFTER_S`)."""
+    that long (see :data:`API_PING_IDLE_AFTER_S`). With ``idle_in_transaction_timeout_s``
+    PostgreSQL ends a session that sits that long inside a transaction (its process frozen,
+    say), so that the row locks it holds do not block everyone else."""
     parsed = normalise_url(url)
     if parsed.get_backend_name() != "sqlite":
         if pool_size is not None:
             kwargs.setdefault("pool_size", pool_size)
+        if idle_in_transaction_timeout_s is not None:
+            milliseconds = max(1, round(idle_in_transaction_timeout_s * 1000))
+            connect_args = kwargs.setdefault("connect_args", {})
+            option = f"-c idle_in_transaction_session_timeout={milliseconds}"
+            connect_args["options"] = f"{connect_args.get('options', '')} {option}".strip()
         if ping_idle_after_s is None:
             kwargs.setdefault("pool_pre_ping", True)
         engine = sa.create_engine(parsed, **kwargs)

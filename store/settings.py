@@ -306,6 +306,14 @@ class Settings(BaseSettings):
         return self.artifact_url or self.artifact_root.resolve().as_uri()
 
     @property
+    def worker_transaction_timeout_s(self) -> float:
+        """How long a worker's PostgreSQL session may sit idle inside a transaction before the
+        server ends it: a quarter of ``stale_after_s``. A worker's transactions last
+        milliseconds; one frozen mid-transaction (stopped, swapped out) would otherwise keep
+        its job's row locked, and the worker taking the job over would wait on it forever."""
+        return self.stale_after_s / 4
+
+    @property
     def scratch_root(self) -> Path:
         """Where a worker trains its jobs before publishing them, one folder per job."""
         return self.home / "scratch"

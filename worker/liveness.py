@@ -42,7 +42,11 @@ def _pool_size(consumer: Any, settings: Settings) -> int:
 
 
 def _loop(settings: Settings, name: str, concurrency: int) -> None:
-    sessions = make_sessionmaker(make_engine(settings.database_url))
+    engine = make_engine(
+        settings.database_url,
+        idle_in_transaction_timeout_s=settings.worker_transaction_timeout_s,
+    )
+    sessions = make_sessionmaker(engine)
     hostname, pid = socket.gethostname(), os.getpid()
     retry_s = RETRY_FIRST_S
     while True:

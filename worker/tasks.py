@@ -17,7 +17,11 @@ from worker.priority import lower_for_training
 @cache
 def _sessions() -> sessionmaker[Session]:
     """One engine per process, created lazily in the child that runs the task."""
-    return make_sessionmaker(make_engine(settings.database_url))
+    engine = make_engine(
+        settings.database_url,
+        idle_in_transaction_timeout_s=settings.worker_transaction_timeout_s,
+    )
+    return make_sessionmaker(engine)
 
 
 @celery_app.task(name=TASK_NAME, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]

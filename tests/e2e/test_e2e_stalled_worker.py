@@ -78,6 +78,8 @@ def test_a_job_whose_workers_keep_getting_lost_fails_saying_why(deployment: Depl
         try:
             deployment.start_worker("worker2")
             done = wait_for(client, job_id, TERMINAL, timeout=120)
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}\n{deployment.log_tail()}") from None
         finally:
             os.kill(frozen, signal.SIGCONT)
         assert done["status"] == "failed", (done, deployment.log_tail())

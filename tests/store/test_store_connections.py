@@ -74,3 +74,25 @@ def test_a_connection_in_steady_use_is_not_pinged_and_its_death_costs_one_error(
             assert _backend_pid(session) != first  # the pool was discarded and refilled
     finally:
         engine.dispose()
+
+
+def test_a_session_left_idle_inside_a_transaction_is_ended_and_its_locks_freed(
+    postgres_url: str,
+) -> None:
+    """A worker frozen mid-transaction must not block the worker that takes its job over."""
+    frozen = make_engine(postgres_url, pool_size=1, idle_in_transaction_timeout_s=0.5)
+    other = make_engine(postgres_url, pool_size=1)
+    key = 0x4C54485F54  # an advisory lock stands for the job row the frozen worker locked
+    lock = sa.text("SELECT pg_advisory_xact_lock(:key)")
+    try:
+        with make_sessionmaker(frozen)() as stuck:
+            stuck.execute(lock, {"key": key})  # then nothing: the process is stopped
+            with make_sessionmaker(other)() as taker:
+                taker.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+                taker.execute(lock, {"key": key})  # granted once the server ends `stuck`
+                taker.commit()
+            with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction timeout"):
+                stuck.execute(sa.text("SELECT 1"))  # thawed, it learns its session is gone
+    finally:
+        frozen.dispose()
+        other.dispose()
