@@ -129,24 +129,30 @@ def test_a_torchvision_model_trains_one_by_one_and_the_events_say_why(tmp_path: 
     assert "torchvision" in str(execution[-1]["reason"])
 
 
-@pytest.mark.parametrize(("cores", "stacks"), [(1, [3]), (2, [2, 1]), (4, [1, 1, 1])])
+@pytest.mark.parametrize(
+    ("cores", "replicates", "stacks", "lanes"),
+    [(1, 1, [3], 1), (2, 1, [1, 1, 1], 2), (4, 1, [1, 1, 1], 3), (2, 2, [1, 1, 2, 2], 2)],
+)
 def test_rounds_with_controls_run_stacked_one_stack_per_core_and_say_so(
-    tmp_path: Path, cores: int, stacks: list[int]
+    tmp_path: Path, cores: int, replicates: int, stacks: list[int], lanes: int
 ) -> None:
-    spec = make_spec(pruning={"controls": ["random_reinit", "random_prune"]})
+    """On one core a round is one stack. On more, the tickets (which the next round waits for)
+    and the controls are split over the lanes apart, a network to a lane while there are
+    enough lanes, stacked when there are more networks."""
+    spec = make_spec(pruning={"controls": ["random_reinit", "random_prune"]}, replicates=replicates)
     events: list[Progress] = []
     run(spec, tmp_path, CONFIG, on_progress=events.append, threads=lambda: cores)
     execution = {p.info["round"]: p.info for p in events if p.event == "execution"}
-    assert execution[0]["path"] == "one_by_one" and execution[0]["networks"] == 1
-    path = "batched" if len(stacks) < 3 else "one_by_one"
+    assert execution[0]["networks"] == replicates
+    path = "batched" if max(stacks) > 1 else "one_by_one"
     expected: dict[str, object] = {
         "round": 1,
         "path": path,
-        "networks": 3,
+        "networks": 3 * replicates,
         "stacks": stacks if path == "batched" else [],
-        "lanes": len(stacks),
+        "lanes": lanes,
     }
-    if len(stacks) > 1:  # lanes are forked processes where the platform allows
+    if lanes > 1:  # lanes are forked processes where the platform allows
         expected["lanes_as"] = "processes" if forked.available() else "threads"
     assert execution[1] == expected
     assert not list(tmp_path.rglob("stack-*.safetensors"))  # checkpoints go once trained

@@ -1,4 +1,4 @@
-"""Lanes as forked processes: each stack of a round trains in a child of this process.
+"""Lanes as forked processes: each stack trains in a child of this process.
 
 Two lanes that are threads of one process share its GIL, and a small network's step holds it
 for most of its length (the operator calls between the short kernels): two LeNet-300-100 lanes
@@ -25,21 +25,18 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from worker.engine.errors import DivergedError, Stopped
 from worker.engine.hooks import StopFn
+from worker.engine.lanes import POLL_S, Work
 from worker.engine.train import ReportFn
 
-#: A lane's work, run in the child: given its report and stop functions, returns JSON data.
-Work = Callable[[ReportFn, StopFn], Any]
 _PR_SET_PDEATHSIG = 1
-#: How often the parent looks at its stop check between the children's messages.
-POLL_S = 0.05
 #: How long stopped children get to save their checkpoints before they are killed.
 STOP_GRACE_S = 60.0
 
@@ -63,84 +60,112 @@ def available() -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-@dataclass
-class Lane:
-    """One stack to train in a child: its work, and where the parent relays its reports."""
-
-    work: Work
-    report: ReportFn
-
-
 class LaneError(RuntimeError):
     """A lane failed with an error that is not the engine's own (its traceback attached)."""
 
 
-def run_forked(lanes: Sequence[Lane], at_once: int, should_stop: StopFn | None) -> list[Any]:
-    """Run every lane's work in a forked child, ``at_once`` at a time, in order; returns their
-    results. As :func:`worker.engine.lanes.run_lanes`: when one fails the others stop at their
-    next poll (keeping their checkpoints), the first real error is raised, ``Stopped`` only
-    when every failure was a stop."""
-    flag = mmap.mmap(-1, 1)  # shared with the children: nonzero asks them to stop
-    results: list[Any] = [None] * len(lanes)
-    errors: list[BaseException] = []
-    running: dict[int, _Child] = {}
-    waiting = list(range(len(lanes)))
-    selector = selectors.DefaultSelector()
-    try:
-        while waiting or running:
-            while waiting and len(running) < max(at_once, 1) and not flag[0]:
-                index = waiting.pop(0)
-                child = _start(index, lanes[index].work, flag)
-                running[child.fd] = child
-                selector.register(child.fd, selectors.EVENT_READ, child)
-            if not running:
-                break  # stopped before the rest could start
-            for key, _ in selector.select(timeout=POLL_S):
-                child = key.data
+class ForkedLanes:
+    """Lanes as forked children, each started when the caller has work for it (see
+    :class:`worker.engine.lanes.LanePool`). Use as a context manager: leaving it on an error
+    (a time limit in this thread, say) stops the children, each at its next poll."""
+
+    def __init__(self, should_stop: StopFn | None) -> None:
+        self._should_stop = should_stop
+        self._flag = mmap.mmap(-1, 1)  # shared with the children: nonzero asks them to stop
+        self._selector = selectors.DefaultSelector()
+        self._children: dict[int, _Child] = {}  # by pipe fd, until reaped
+        self._errors: list[BaseException] = []
+        self._handles = 0
+
+    def __enter__(self) -> ForkedLanes:
+        return self
+
+    def __exit__(self, kind: object, error: object, trace: object) -> None:
+        if self.running:  # left early: stop the children and wait for their checkpoints
+            self._flag[0] = 1
+        for child in self._children.values():  # those done exit at once
+            child.stop_and_reap()
+        self._children.clear()
+        self._selector.close()
+
+    @property
+    def running(self) -> int:
+        """Lanes still training (a child that sent its result is on its way out)."""
+        return sum(not child.done for child in self._children.values())
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._flag[0])
+
+    def start(self, work: Work, report: ReportFn) -> int:
+        handle, self._handles = self._handles, self._handles + 1
+        child = _start(handle, work, report, self._flag)
+        self._children[child.fd] = child
+        self._selector.register(child.fd, selectors.EVENT_READ, child)
+        return handle
+
+    def wait(self) -> list[tuple[int, Any]]:
+        """Relay the children's reports until at least one lane ended (or none runs); returns
+        the results of those that finished."""
+        finished: list[tuple[int, Any]] = []
+        while self.running and not finished:
+            for key, _ in self._selector.select(timeout=POLL_S):
+                child: _Child = key.data
                 for message in child.read():
-                    _handle(message, child, lanes, results, errors, flag)
+                    self._handle(message, child, finished)
                 if child.closed:
-                    selector.unregister(child.fd)
-                    del running[child.fd]
+                    self._selector.unregister(child.fd)
+                    del self._children[child.fd]
                     child.reap()
                     if not child.done:
-                        errors.append(LaneError(f"lane {child.index} ended without a result"))
-                        flag[0] = 1
-            if should_stop is not None and should_stop():
-                flag[0] = 1
-    except BaseException:  # a time limit in this thread, say: stop the children too
-        flag[0] = 1
-        for child in running.values():
-            child.stop_and_reap()
-        raise
-    finally:
-        selector.close()
-    if errors:
-        real = [e for e in errors if not isinstance(e, Stopped)]
-        raise (real or errors)[0]
-    if waiting:
-        raise Stopped("stopped before every lane could start")
-    return results
+                        child.done = True
+                        self._fail(LaneError(f"lane {child.index} ended without a result"))
+            if self._should_stop is not None and self._should_stop():
+                self._flag[0] = 1
+        return finished
+
+    def raise_errors(self) -> None:
+        """The first real error of a lane, or ``Stopped`` when every failure was a stop."""
+        if self._errors:
+            real = [e for e in self._errors if not isinstance(e, Stopped)]
+            raise (real or self._errors)[0]
+
+    def _fail(self, error: BaseException) -> None:
+        self._errors.append(error)
+        self._flag[0] = 1
+
+    def _handle(
+        self, message: dict[str, Any], child: _Child, finished: list[tuple[int, Any]]
+    ) -> None:
+        if "report" in message:
+            step, metrics = message["report"]
+            child.report(step, metrics)
+        elif "result" in message:
+            finished.append((child.index, message["result"]))
+            child.done = True
+        elif "error" in message:
+            child.done = True
+            self._fail(_error(message["error"]))
 
 
-def _handle(
-    message: dict[str, Any],
-    child: _Child,
-    lanes: Sequence[Lane],
-    results: list[Any],
-    errors: list[BaseException],
-    flag: mmap.mmap,
-) -> None:
-    if "report" in message:
-        step, metrics = message["report"]
-        lanes[child.index].report(step, metrics)
-    elif "result" in message:
-        results[child.index] = message["result"]
-        child.done = True
-    elif "error" in message:
-        errors.append(_error(message["error"]))
-        child.done = True
-        flag[0] = 1
+def call_in_child(function: Callable[[], Any]) -> Any:
+    """``function()`` in a forked child, its JSON result returned (its error raised): for work
+    that leaves lasting state in the process, such as the ONNX exporter, after which the next
+    backward pass starts autograd threads and lanes could no longer be forked. In-process
+    where the platform cannot fork."""
+    if sys.platform != "linux" or not hasattr(os, "fork"):
+        return function()
+    finished: list[tuple[int, Any]] = []
+    with ForkedLanes(None) as lanes:
+        lanes.start(lambda _report, _stop: function(), _ignore_report)
+        while lanes.running:
+            finished += lanes.wait()
+        lanes.raise_errors()
+    return finished[0][1]
+
+
+def _ignore_report(_step: int, _metrics: list[dict[str, float]] | None) -> None:
+    pass
 
 
 def _error(error: dict[str, Any]) -> BaseException:
@@ -152,8 +177,8 @@ def _error(error: dict[str, Any]) -> BaseException:
 
 
 class _Child:
-    def __init__(self, index: int, pid: int, fd: int) -> None:
-        self.index, self.pid, self.fd = index, pid, fd
+    def __init__(self, index: int, pid: int, fd: int, report: ReportFn) -> None:
+        self.index, self.pid, self.fd, self.report = index, pid, fd, report
         self.closed = self.done = False
         self._buffer = b""
 
@@ -161,13 +186,13 @@ class _Child:
         data = os.read(self.fd, 1 << 16)
         if not data:
             self.closed = True
-            os.close(self.fd)
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
         return [json.loads(line) for line in lines if line]
 
     def reap(self) -> None:
         os.waitpid(self.pid, 0)
+        os.close(self.fd)
 
     def stop_and_reap(self) -> None:
         """Wait for a child asked to stop; kill it if it takes longer than STOP_GRACE_S."""
@@ -179,11 +204,10 @@ class _Child:
         else:
             os.kill(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
-        if not self.closed:
-            os.close(self.fd)
+        os.close(self.fd)
 
 
-def _start(index: int, work: Work, flag: mmap.mmap) -> _Child:
+def _start(index: int, work: Work, report: ReportFn, flag: mmap.mmap) -> _Child:
     read_end, write_end = os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -191,7 +215,7 @@ def _start(index: int, work: Work, flag: mmap.mmap) -> _Child:
         os.close(read_end)
         _in_child(work, flag, parent, write_end)
     os.close(write_end)
-    return _Child(index, pid, read_end)
+    return _Child(index, pid, read_end, report)
 
 
 def _in_child(work: Work, flag: mmap.mmap, parent: int, fd: int) -> None:
@@ -213,6 +237,7 @@ def _in_child(work: Work, flag: mmap.mmap, parent: int, fd: int) -> None:
             send({"report": [step, metrics]})
 
         def stop() -> bool:
+            _pause_while_stopped(parent)
             return bool(flag[0]) or os.getppid() != parent
 
         try:
@@ -229,6 +254,22 @@ def _in_child(work: Work, flag: mmap.mmap, parent: int, fd: int) -> None:
         code = 1
     finally:
         os._exit(code)
+
+
+def _pause_while_stopped(parent: int) -> None:
+    """Wait while the parent is stopped (SIGSTOP, a debugger): a frozen worker's job goes to
+    another worker, and its lanes must not go on training and writing files meanwhile."""
+    while _state(parent) in ("T", "t"):
+        time.sleep(POLL_S)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from ``/proc`` ('' when unreadable)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+        return stat.rpartition(b")")[2].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
 
 
 def _die_with(parent: int) -> None:

@@ -3,10 +3,12 @@
 A round's networks — the ticket and each control, in every replicate (independent IMP chain) —
 start from masks known once the round before is trained, so they are trained together: stacked
 into one model with a leading sibling dimension (``worker.engine.stack``) where the architecture
-allows, else one by one. Every training is idempotent and guarded by the existence of its
-metrics, so calling ``run`` again on the same directory resumes where the last call stopped
-(mid-round from the last checkpoint). With a ``TrainingCache`` a training an earlier run already
-did with the same inputs is copied instead of trained.
+allows, else one by one. On several cores the stacks train side by side on lanes
+(``worker.engine.lanes``), and the rounds overlap: round k starts as soon as round k-1's
+tickets are trained, while its controls may still train. Every training is idempotent and
+guarded by the existence of its metrics, so calling ``run`` again on the same directory resumes
+where the last call stopped (mid-round from the last checkpoint). With a ``TrainingCache`` a
+training an earlier run already did with the same inputs is copied instead of trained.
 """
 
 from __future__ import annotations
@@ -40,11 +42,11 @@ from worker.engine import masks as masking
 from worker.engine.artifacts import save_compact
 from worker.engine.data import DataConfig, Dataset, load_dataset
 from worker.engine.data.uris import resolve_location
-from worker.engine.errors import DivergedError, SpecError
+from worker.engine.errors import DivergedError, SpecError, Stopped
 from worker.engine.hooks import Progress, ProgressFn, StopFn, ThreadsFn, TrainingCache
-from worker.engine.lanes import run_lanes, split_even
+from worker.engine.lanes import ThreadLanes, Work, split_even
 from worker.engine.models import build_model, count_parameters, load_weights
-from worker.engine.onnx_export import export_model
+from worker.engine.onnx_export import ExportResult, export_model
 from worker.engine.optim import Schedule, constant
 from worker.engine.paths import TICKET, RunPaths
 from worker.engine.pruning import (
@@ -125,6 +127,21 @@ class Member:
         return f"{self.chain.index}:{self.variant}"
 
 
+@dataclass(eq=False)
+class _Unit:
+    """A stack of round ``k`` waiting for (or training on) a lane."""
+
+    k: int
+    group: list[Member]
+    plan: TrainPlan
+    ready: _Prepared | None = None
+
+    @property
+    def critical(self) -> bool:
+        """Holds a ticket: the next round waits for it."""
+        return any(m.variant == TICKET for m in self.group)
+
+
 class IMPRun:
     """One job's run in one directory. Build it, then call ``run()``.
 
@@ -155,6 +172,9 @@ class IMPRun:
         self.should_stop = should_stop
         self.poll_seconds = poll_seconds
         self.threads = threads
+        # Without a thread budget, the process's threads as they are now: thread lanes set
+        # the count to one while they train.
+        self._default_cores = torch.get_num_threads()
         self.cache = cache if spec.reuse else None
         self.device = pick_device(spec.training.device)
         self._check_directory()
@@ -191,6 +211,7 @@ class IMPRun:
         self._fork_lanes = False  # set per round: see _train
         self._keys: dict[int, list[str]] = {}
         self._round_seconds: dict[int, float] = {}  # training time of each round, this call
+        self._round_started: dict[int, float] = {}  # when a lane first took a round's stack
         self._lock = threading.Lock()  # lanes report and count from their own threads
         self._partial: dict[int, float] = {}  # trainings done so far by each running stack
         self._fraction = 0.0  # the last fraction reported
@@ -271,6 +292,8 @@ class IMPRun:
         for chain in self.chains:
             self._init_chain(chain)
         results = [self._round(0)]
+        if self._overlap_rounds():
+            return self._finish(results, self._overlapping_rounds(results))
         stop_reason = "completed all rounds"
         for k in range(1, self.rounds_total + 1):
             reason = self._stop_reason(results)
@@ -427,17 +450,40 @@ class IMPRun:
 
     def _round(self, k: int) -> RoundResult:
         members = self._members(k)
+        pending = self._pending(k, members)
+        if pending:
+            self._train(k, pending, members)
+        return self._round_result(k, members)
+
+    def _pending(self, k: int, members: list[Member]) -> list[Member]:
+        """The members still to train: neither trained by an earlier call nor reused."""
         pending = []
         for member in members:
             if member.chain.paths.metrics(k, member.variant).exists():
                 self._trainings_done += 1
             elif not self._reuse(member):
                 pending.append(member)
-        if pending:
-            self._train(k, pending, members)
-        return self._round_result(k, members)
+        return pending
 
     def _round_result(self, k: int, members: list[Member]) -> RoundResult:
+        result = self._summary(k, members)
+        self._record_round(result)
+        stats = result.stats
+        metrics = {
+            "density": result.density,
+            "remaining_weights": float(result.remaining_weights),
+            "accuracy": stats[TICKET].accuracy_mean,
+            "wall_time_s": self._round_seconds.pop(k, 0.0),
+            **{f"{name}_accuracy": s.accuracy_mean for name, s in stats.items() if name != TICKET},
+        }
+        if len(self.chains) > 1:
+            metrics["accuracy_std"] = stats[TICKET].accuracy_std
+        self._emit(k, TICKET, self.lengths.total, self._plan(k), metrics, event="round_done")
+        return result
+
+    def _summary(self, k: int, members: list[Member]) -> RoundResult:
+        """Round k's result from the trained members' metrics (every replicate's ticket, and
+        whichever controls ``members`` holds)."""
         replicates = []
         for chain in self.chains:
             own = {m.variant: m for m in members if m.chain.index == chain.index}
@@ -472,17 +518,6 @@ class IMPRun:
             stats=stats,
             replicates=replicates if len(replicates) > 1 else [],
         )
-        self._record_round(result)
-        metrics = {
-            "density": result.density,
-            "remaining_weights": float(result.remaining_weights),
-            "accuracy": stats[TICKET].accuracy_mean,
-            "wall_time_s": self._round_seconds.pop(k, 0.0),
-            **{f"{name}_accuracy": s.accuracy_mean for name, s in stats.items() if name != TICKET},
-        }
-        if len(replicates) > 1:
-            metrics["accuracy_std"] = stats[TICKET].accuracy_std
-        self._emit(k, TICKET, self.lengths.total, self._plan(k), metrics, event="round_done")
         return result
 
     # ---- reuse --------------------------------------------------------------------------------
@@ -531,22 +566,32 @@ class IMPRun:
     # ---- training -----------------------------------------------------------------------------
 
     def _cores(self) -> int:
-        return max(1, self.threads() if self.threads is not None else torch.get_num_threads())
+        return max(1, self.threads() if self.threads is not None else self._default_cores)
 
     def _groups(
-        self, k: int, pending: list[Member], members: list[Member]
+        self, k: int, pending: list[Member], members: list[Member], *, apart: bool = False
     ) -> tuple[list[list[Member]], int]:
         """The stacks round k trains and on how many lanes: recorded before the first training
         (one line guards it), so that a resumed round trains the same stacks the same way. A
         stack with a network still to train is trained whole; its finished networks come out
-        as they were."""
+        as they were. With ``apart`` tickets and controls go to different stacks, each split
+        over the lanes, so that the next round can start once the tickets are trained."""
         path = self.paths.round_plan(k)
         if not path.exists():
             stacked = self.stack_reason is None and len(pending) > 1
             lanes = 1 if self.lanes_reason is not None else min(self._cores(), len(pending))
-            groups = (
-                split_even(pending, lanes, self.max_stack) if stacked else [[m] for m in pending]
-            )
+            kinds = [pending]
+            if apart:
+                tickets = [m for m in pending if m.variant == TICKET]
+                kinds = [tickets, [m for m in pending if m.variant != TICKET]]
+            groups = [
+                group
+                for kind in kinds
+                if kind
+                for group in (
+                    split_even(kind, lanes, self.max_stack) if stacked else [[m] for m in kind]
+                )
+            ]
             plan = {"groups": [[m.label for m in g] for g in groups], "lanes": max(lanes, 1)}
             write_json(path, plan)
         stored = read_json(path)
@@ -559,11 +604,11 @@ class IMPRun:
         ]
         return groups, int(stored["lanes"])
 
-    def _train(self, k: int, pending: list[Member], members: list[Member]) -> None:
-        plan = self._plan(k)
-        groups, lanes = self._groups(k, pending, members)
+    def _execution(
+        self, k: int, pending: list[Member], groups: list[list[Member]], lanes: int
+    ) -> None:
+        """The round's ``execution`` event: how its networks train."""
         stacked = any(len(g) > 1 for g in groups)
-        self._fork_lanes = lanes > 1 and len(groups) > 1 and forked.available()
         info: dict[str, object] = {
             "round": k,
             "path": "batched" if stacked else "one_by_one",
@@ -575,65 +620,139 @@ class IMPRun:
             info["lanes_as"] = "processes" if self._fork_lanes else "threads"
         if not stacked and self.stack_reason is not None and len(pending) > 1:
             info["reason"] = self.stack_reason
-        self._emit(k, TICKET, plan.start, plan, {}, "execution", info)
+        self._emit(k, TICKET, self._plan(k).start, self._plan(k), {}, "execution", info)
+
+    def _train(self, k: int, pending: list[Member], members: list[Member]) -> None:
+        groups, lanes = self._groups(k, pending, members)
+        self._fork_lanes = lanes > 1 and len(groups) > 1 and forked.available()
+        self._execution(k, pending, groups, lanes)
+        plan = self._plan(k)
         if lanes == 1:
             for group in groups:
                 self._train_group(k, group, plan, self.should_stop, self.threads)
             return
         # Every stack of a lane plan trains on one thread, however many lanes run it now.
         started = time.monotonic()
-        prepared = [self._prepare(k, group) for group in groups]  # seeds the global RNG
-
-        at_once = min(lanes, self._cores(), len(groups))
-        if self._fork_lanes:
-            self._train_forked(k, groups, prepared, plan, at_once)
-            self._round_seconds[k] = time.monotonic() - started
-            return
-
-        def task(group: list[Member], ready: _Prepared) -> Any:
-            def lane(aborted: StopFn) -> None:
-                def stop() -> bool:
-                    return aborted() or (self.should_stop is not None and self.should_stop())
-
-                self._fit(k, group, ready, plan, stop, None)
-
-            return lane
-
-        run_lanes([task(g, ready) for g, ready in zip(groups, prepared, strict=True)], at_once)
+        self._on_lanes([_Unit(k, group, plan) for group in groups], lambda _unit: None)
         self._round_seconds[k] = time.monotonic() - started
 
-    def _train_forked(
-        self,
-        k: int,
-        groups: list[list[Member]],
-        prepared: list[_Prepared],
-        plan: TrainPlan,
-        at_once: int,
-    ) -> None:
-        """The lanes of round k as forked processes (see :mod:`worker.engine.forked`): each
-        child trains its stack and writes its weights; this process writes the rest."""
+    # ---- rounds that overlap ------------------------------------------------------------------
 
-        def work(group: list[Member], ready: _Prepared) -> forked.Work:
-            def run(report: ReportFn, stop: StopFn) -> Any:
-                outcomes = self._fit_train(k, group, ready, plan, stop, None, report)
-                return [_outcome_json(o) for o in outcomes]
+    def _overlap_rounds(self) -> bool:
+        """Whether the pruned rounds overlap on lanes: with controls to train beside the tickets,
+        more than one core and stacks that may train side by side, unless an earlier call
+        planned a pruned round for one lane (it resumes the same way, round by round)."""
+        if self.rounds_total < 1 or self.lanes_reason is not None or self._cores() < 2:
+            return False
+        if not self.spec.pruning.controls:
+            return False  # a round's tickets wait for the round before: nothing to overlap
+        plans = [self.paths.round_plan(k) for k in range(1, self.rounds_total + 1)]
+        return all(int(read_json(p)["lanes"]) > 1 for p in plans if p.exists())
 
-            return run
+    def _overlapping_rounds(self, results: list[RoundResult]) -> str:
+        """Rounds 1 on, each trained as soon as what it starts from exists; returns why they
+        ended. Round k's masks come from round k-1's tickets alone, so round k's trainings
+        start once those are trained, while round k-1's controls may still be training: the
+        tickets are the critical path and go first to a free lane. Rounds are recorded in
+        order, each once all its networks are trained; the stop rules read the tickets only,
+        so they are applied as soon as a round's tickets are trained."""
+        opened: dict[int, list[Member]] = {}
+        units_left: dict[int, int] = {}
+        tickets_left: dict[int, int] = {}
+        queue: list[_Unit] = []
+        outcome: list[str] = []
+        self._fork_lanes = forked.available()
 
-        lanes = [
-            forked.Lane(work(group, ready), self._reporter(k, group, plan))
-            for group, ready in zip(groups, prepared, strict=True)
-        ]
-        try:
-            results = forked.run_forked(lanes, at_once, self.should_stop)
-        except BaseException:
-            with self._lock:
-                for group in groups:
-                    self._partial.pop(id(group), None)
-            raise
-        for group, ready, result in zip(groups, prepared, results, strict=True):
-            outcomes = [_outcome_from_json(o) for o in result]
-            self._fit_finish(k, group, plan, outcomes, ready.checkpoint)
+        def open_round(k: int) -> None:
+            members = self._members(k)
+            pending = self._pending(k, members)
+            opened[k] = members
+            units: list[_Unit] = []
+            if pending:
+                groups, lanes = self._groups(k, pending, members, apart=True)
+                self._execution(k, pending, groups, lanes)
+                units = [_Unit(k, group, self._plan(k)) for group in groups]
+            units_left[k] = len(units)
+            tickets_left[k] = sum(unit.critical for unit in units)
+            queue.extend(units)
+            if not tickets_left[k]:
+                tickets_trained(k)
+
+        def tickets_trained(k: int) -> None:
+            tickets = [m for m in opened[k] if m.variant == TICKET]
+            reason = self._stop_reason([results[0], self._summary(k, tickets)])
+            if reason is None and k < self.rounds_total:
+                open_round(k + 1)
+            else:
+                outcome.append(reason or "completed all rounds")
+
+        def record_finished() -> None:
+            k = len(results)
+            while units_left.get(k) == 0:
+                results.append(self._round_result(k, opened[k]))
+                k += 1
+
+        def finished(unit: _Unit) -> None:
+            units_left[unit.k] -= 1
+            if not units_left[unit.k]:
+                self._round_seconds[unit.k] = time.monotonic() - self._round_started[unit.k]
+            if unit.critical:
+                tickets_left[unit.k] -= 1
+                if not tickets_left[unit.k]:
+                    tickets_trained(unit.k)
+            record_finished()
+
+        open_round(1)
+        record_finished()
+        if queue:
+            self._on_lanes(queue, finished)
+        return outcome[0]
+
+    # ---- lanes --------------------------------------------------------------------------------
+
+    def _on_lanes(self, queue: list[_Unit], finished: Callable[[_Unit], None]) -> None:
+        """Train the queued stacks side by side, each on one thread, as many at once as the job
+        has cores, tickets (then earlier rounds) first; ``finished(unit)`` after each, which
+        may queue more. Lanes are forked processes where possible (see _fork_lanes)."""
+        pool = forked.ForkedLanes if self._fork_lanes else ThreadLanes
+        in_flight: dict[int, _Unit] = {}
+        with pool(self.should_stop) as lanes:
+            try:
+                while True:
+                    while queue and not lanes.stopping and lanes.running < self._cores():
+                        unit = min(queue, key=lambda u: (not u.critical, u.k))
+                        queue.remove(unit)
+                        self._round_started.setdefault(unit.k, time.monotonic())
+                        report = self._reporter(unit.k, unit.group, unit.plan)
+                        handle = lanes.start(self._lane_work(unit), report)
+                        in_flight[handle] = unit
+                    if not lanes.running:
+                        break
+                    for handle, result in lanes.wait():
+                        unit = in_flight.pop(handle)
+                        outcomes = [_outcome_from_json(o) for o in result]
+                        assert unit.ready is not None  # set when it started
+                        checkpoint = unit.ready.checkpoint
+                        self._fit_finish(unit.k, unit.group, unit.plan, outcomes, checkpoint)
+                        finished(unit)
+            finally:
+                with self._lock:
+                    for unit in in_flight.values():
+                        self._partial.pop(id(unit.group), None)
+            lanes.raise_errors()
+        if queue:
+            raise Stopped("stopped before every lane could start")
+
+    def _lane_work(self, unit: _Unit) -> Work:
+        """What a lane runs for ``unit``: prepared here (which seeds the global RNG, inherited
+        by a forked lane), trained there; only the trained weights are written in the lane."""
+        ready = unit.ready = self._prepare(unit.k, unit.group)
+
+        def work(report: ReportFn, stop: StopFn) -> Any:
+            outcomes = self._fit_train(unit.k, unit.group, ready, unit.plan, stop, None, report)
+            return [_outcome_json(o) for o in outcomes]
+
+        return work
 
     def _prepare(self, k: int, group: Sequence[Member]) -> _Prepared:
         """The network (a stack for several members) with its starting weights, its masks and
@@ -826,14 +945,19 @@ class IMPRun:
             save_tensors(paths.final_trained, load_tensors(paths.trained(best.round)))
             save_tensors(paths.dense, load_tensors(paths.trained(0)))
             save_compact(paths, mask)
+
         # The run's own trained sparse model for inference outside PyTorch; never fails the run.
-        export = export_model(
-            self.model,
-            load_tensors(self.paths.final_trained),
-            self.dataset.input_shape,
-            self.paths.onnx,
-            metadata={"arch": self.spec.model.arch},
-        )
+        def exported() -> dict[str, object]:
+            return export_model(
+                self.model,
+                load_tensors(self.paths.final_trained),
+                self.dataset.input_shape,
+                self.paths.onnx,
+                metadata={"arch": self.spec.model.arch},
+            ).to_json()
+
+        # In a child: the exporter leaves the process unable to fork lanes for later runs.
+        export = ExportResult.from_json(forked.call_in_child(exported))
         plan = self._plan(best.round)
         self._emit(best.round, TICKET, plan.end, plan, {}, "export", export.info())
         ticket, dense = best.stats[TICKET], results[0].stats[TICKET]

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +60,15 @@ class ExportResult:
         if self.reason is not None:
             info["reason"] = self.reason
         return info
+
+    def to_json(self) -> dict[str, object]:
+        path = None if self.path is None else str(self.path)
+        return {"status": self.status, "path": path, "seconds": self.seconds, "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ExportResult:
+        path = None if data["path"] is None else Path(data["path"])
+        return cls(data["status"], path, float(data["seconds"]), data["reason"])
 
 
 def export_model(
