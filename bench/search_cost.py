@@ -42,6 +42,7 @@ from bench.local_service import LocalService, PeakRss, bench_env
 from client.sdk import Client
 from worker.engine.artifacts import load_rounds
 from worker.engine.data import DataConfig
+from worker.engine.hooks import Progress
 from worker.engine.imp import run as engine_run
 
 PARTS = ("a", "d", "b", "c")  # the service parts first: the plain script runs before anything
@@ -167,13 +168,22 @@ def through_lth_run(spec: dict[str, Any]) -> dict[str, Any]:
 def through_engine(spec: dict[str, Any]) -> dict[str, Any]:
     """``worker.engine.imp.run`` in this process, as ``lth run`` drives it."""
     job_spec = JobSpec.model_validate(spec)
+    execution: list[dict[str, Any]] = []
+
+    def on_progress(progress: Progress) -> None:
+        if progress.event == "execution":
+            execution.append(dict(progress.info))
+
     with tempfile.TemporaryDirectory(prefix="lth-bench-engine-") as out:
         started = time.perf_counter()
-        summary = engine_run(job_spec, Path(out), DataConfig(roots=(FASHION_MNIST,)))
+        summary = engine_run(
+            job_spec, Path(out), DataConfig(roots=(FASHION_MNIST,)), on_progress=on_progress
+        )
         wall = time.perf_counter() - started
         rounds = load_rounds(Path(out))
     return {
         "wall_time_s": wall,
+        "execution": execution,  # how each round's networks trained (stacks, lanes)
         "replicates_run": summary.replicates,
         "rounds": _accuracies(rounds),
         "_rounds": rounds,
@@ -292,6 +302,7 @@ def part_b(bench: Bench) -> dict[str, Any]:
             "ticket_and_controls": [r["wall_time_s"] for r in fulls],
             "ticket_alone": [r["wall_time_s"] for r in alones],
         },
+        "execution": fulls[0]["execution"],
         "spec": full_spec,
         "baseline_spec": alone_spec,
         "problems": problems,
@@ -319,6 +330,7 @@ def part_c(bench: Bench) -> dict[str, Any]:
             "replicates_5": [r["wall_time_s"] for r in fives],
             "replicates_1": [r["wall_time_s"] for r in ones],
         },
+        "execution": fives[0]["execution"],
         "spec": five_spec,
         "problems": problems,
     }
