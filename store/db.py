@@ -65,8 +65,11 @@ def make_engine(
         if idle_in_transaction_timeout_s is not None:
             milliseconds = max(1, round(idle_in_transaction_timeout_s * 1000))
             connect_args = kwargs.setdefault("connect_args", {})
+            # Added to the URL's own options (a search_path, say), which these would replace.
+            given = connect_args.get("options", parsed.query.get("options", ""))
+            given = " ".join(given) if isinstance(given, tuple) else given
             option = f"-c idle_in_transaction_session_timeout={milliseconds}"
-            connect_args["options"] = f"{connect_args.get('options', '')} {option}".strip()
+            connect_args["options"] = f"{given} {option}".strip()
         if ping_idle_after_s is None:
             kwargs.setdefault("pool_pre_ping", True)
         engine = sa.create_engine(parsed, **kwargs)

@@ -96,3 +96,16 @@ def test_a_session_left_idle_inside_a_transaction_is_ended_and_its_locks_freed(
     finally:
         frozen.dispose()
         other.dispose()
+
+
+def test_the_idle_transaction_timeout_keeps_the_urls_own_options(postgres_url: str) -> None:
+    url = sa.engine.make_url(postgres_url)
+    with_path = url.update_query_dict({"options": "-csearch_path=lth_elsewhere,public"})
+    engine = make_engine(with_path, idle_in_transaction_timeout_s=1.5)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW search_path")).scalar_one() == "lth_elsewhere,public"
+            timeout = conn.execute(sa.text("SHOW idle_in_transaction_session_timeout"))
+            assert timeout.scalar_one() == "1500ms"
+    finally:
+        engine.dispose()

@@ -44,7 +44,7 @@ from worker.engine.data import DataConfig, Dataset, load_dataset
 from worker.engine.data.uris import resolve_location
 from worker.engine.errors import DivergedError, SpecError, Stopped
 from worker.engine.hooks import Progress, ProgressFn, StopFn, ThreadsFn, TrainingCache
-from worker.engine.lanes import ThreadLanes, Work, split_even
+from worker.engine.lanes import LanePool, ThreadLanes, Work, split_even
 from worker.engine.models import build_model, count_parameters, load_weights
 from worker.engine.onnx_export import ExportResult, export_model
 from worker.engine.optim import Schedule, constant
@@ -716,6 +716,7 @@ class IMPRun:
         may queue more. Lanes are forked processes where possible (see _fork_lanes)."""
         pool = forked.ForkedLanes if self._fork_lanes else ThreadLanes
         in_flight: dict[int, _Unit] = {}
+        lanes: LanePool
         with pool(self.should_stop) as lanes:
             try:
                 while True:
