@@ -11,7 +11,9 @@ only ever after the files it depends on. A periodic pass publishes only files la
 before the pass began, all of which the walk is sure to see, so the store never holds a file
 without the files written before it (a round's metrics without its weights). A worker that lost
 its job publishes nothing more (``allowed``), so a frozen-and-thawed worker cannot overwrite
-its successor's files.
+its successor's files. Once the final pass succeeded (or the folder was discarded) the publisher
+is closed: a periodic pass still due from the heartbeat thread must not walk a folder being
+removed and take the missing files for removals (a finished job's store copy emptied).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class RunPublisher:
         self.allowed = allowed
         self._published: dict[str, tuple[int, int]] = {}  # name → (size, mtime_ns) in the store
         self._lock = threading.Lock()
+        self._closed = False  # the final pass is done, or the folder discarded
 
     def key(self, name: str) -> str:
         return f"{self.job_id}/{name}"
@@ -71,6 +74,8 @@ class RunPublisher:
     def upload(self, paths: Iterable[Path]) -> None:
         """Publish these files of the folder now (a training another job may reuse)."""
         with self._lock:
+            if self._closed:
+                return
             for path in paths:
                 name = path.resolve().relative_to(self.folder.resolve()).as_posix()
                 self._put(name, path, os.lstat(path))
@@ -78,8 +83,11 @@ class RunPublisher:
     def publish(self, *, final: bool = False) -> int:
         """Publish new and changed files, and remove from the store what the engine removed
         (a finished round's checkpoint). ``final``: the run is not changing any more, so every
-        file goes. Returns how many objects changed."""
+        file goes, and the publisher closes once it went through. Returns how many objects
+        changed (none once closed)."""
         with self._lock:
+            if self._closed:
+                return 0
             # File times come from a coarse clock that may lag this one by a tick: a file
             # written just after the pass began must not look older than it.
             started = time.time_ns() - _CLOCK_MARGIN_NS
@@ -98,6 +106,7 @@ class RunPublisher:
                 self.store.delete(self.key(name))
                 del self._published[name]
                 changed += 1
+            self._closed = final
             return changed
 
     def _put(self, name: str, path: Path, info: os.stat_result) -> bool:
@@ -108,7 +117,10 @@ class RunPublisher:
         return True
 
     def discard(self) -> None:
-        """Remove the scratch folder (the store has the run), and its parent once empty."""
+        """Remove the scratch folder (the store has the run), and its parent once empty;
+        nothing is published after."""
+        with self._lock:
+            self._closed = True
         shutil.rmtree(self.folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.folder.parent.rmdir()

@@ -76,6 +76,22 @@ def test_a_file_written_during_the_pass_waits_for_the_next(
     }
 
 
+def test_nothing_is_published_after_the_final_pass(store: ArtifactStore, tmp_path: Path) -> None:
+    """A periodic pass still due from the heartbeat thread, once the final pass is done and
+    the folder is being removed, must not take the missing files for removals."""
+    scratch = tmp_path / "scratch"
+    publisher = RunPublisher(store, JOB, scratch)
+    _write(scratch / "rounds/0/trained.safetensors", b"weights")
+    ticket = _write(scratch / "ticket.safetensors", b"ticket")
+    assert publisher.publish(final=True) == 2
+    ticket.unlink()  # the folder's removal under way
+    assert publisher.publish() == 0
+    publisher.discard()
+    assert publisher.publish() == 0
+    publisher.upload([scratch / "rounds/0/trained.safetensors"])  # gone, and never read
+    assert set(_keys(store)) == {f"{JOB}/rounds/0/trained.safetensors", f"{JOB}/ticket.safetensors"}
+
+
 def test_a_worker_that_lost_its_job_publishes_nothing(store: ArtifactStore, tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     owned = [True]
