@@ -33,7 +33,7 @@ import torch
 
 from worker.engine.errors import DivergedError, Stopped
 from worker.engine.hooks import StopFn
-from worker.engine.lanes import POLL_S, Work
+from worker.engine.lanes import POLL_S, Work, raise_first
 from worker.engine.train import ReportFn
 
 _PR_SET_PDEATHSIG = 1
@@ -45,7 +45,7 @@ def available() -> bool:
     """Whether lanes can be forked here: on Linux, unless this process's autograd engine has
     started threads of its own (then a forked child cannot run a backward pass: torch refuses
     it). That is asked of a forked child, a few milliseconds."""
-    if sys.platform != "linux" or not hasattr(os, "fork"):
+    if not _can_fork():
         return False
     pid = os.fork()
     if pid == 0:
@@ -126,9 +126,7 @@ class ForkedLanes:
 
     def raise_errors(self) -> None:
         """The first real error of a lane, or ``Stopped`` when every failure was a stop."""
-        if self._errors:
-            real = [e for e in self._errors if not isinstance(e, Stopped)]
-            raise (real or self._errors)[0]
+        raise_first(self._errors)
 
     def _fail(self, error: BaseException) -> None:
         self._errors.append(error)
@@ -153,7 +151,7 @@ def call_in_child(function: Callable[[], Any]) -> Any:
     that leaves lasting state in the process, such as the ONNX exporter, after which the next
     backward pass starts autograd threads and lanes could no longer be forked. In-process
     where the platform cannot fork."""
-    if sys.platform != "linux" or not hasattr(os, "fork"):
+    if not _can_fork():
         return function()
     finished: list[tuple[int, Any]] = []
     with ForkedLanes(None) as lanes:
@@ -162,6 +160,10 @@ def call_in_child(function: Callable[[], Any]) -> Any:
             finished += lanes.wait()
         lanes.raise_errors()
     return finished[0][1]
+
+
+def _can_fork() -> bool:
+    return sys.platform == "linux" and hasattr(os, "fork")
 
 
 def _ignore_report(_step: int, _metrics: list[dict[str, float]] | None) -> None:

@@ -48,6 +48,13 @@ def split_even(items: Sequence[T], parts: int, max_size: int) -> list[list[T]]:
     return [run for run in runs if run]
 
 
+def raise_first(errors: Sequence[BaseException]) -> None:
+    """Raise the first real error of ``errors`` (``Stopped`` only when every one is a stop)."""
+    if errors:
+        real = [e for e in errors if not isinstance(e, Stopped)]
+        raise (real or errors)[0]
+
+
 class LanePool(Protocol):
     """Where stacks train side by side, each on one thread: forked children
     (:class:`worker.engine.forked.ForkedLanes`) or threads (:class:`ThreadLanes`).
@@ -139,9 +146,7 @@ class ThreadLanes:
         return finished
 
     def raise_errors(self) -> None:
-        if self._errors:
-            real = [e for e in self._errors if not isinstance(e, Stopped)]
-            raise (real or self._errors)[0]
+        raise_first(self._errors)
 
     def _stop(self) -> bool:
         return self._abort.is_set() or (self._should_stop is not None and self._should_stop())
